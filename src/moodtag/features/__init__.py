@@ -1,0 +1,40 @@
+"""Per-track features: the paper's mel spectrogram and HPCP, computed from mono 44.1 kHz audio."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from .hpcp import hpcpgram
+from .mel import log_mel_spectrogram
+from .params import FeatureParams
+
+
+@dataclasses.dataclass
+class TrackFeatures:
+    """What the feature store keeps for one track.
+
+    mel: (n_mels, n_steps) pooled, compressed mel spectrogram.
+    hpcp: (12, n_frames) HPCP, bin 0 = A.
+    duration: seconds of audio the features were computed from.
+    """
+
+    mel: np.ndarray
+    hpcp: np.ndarray
+    duration: float
+    sample_rate: int
+    feature_hash: str
+
+
+def compute_features(audio: np.ndarray, params: FeatureParams = FeatureParams(), *, device: str = "cpu") -> TrackFeatures:
+    """Mel and HPCP of one mono float32 signal sampled at `params.sample_rate`."""
+    return TrackFeatures(
+        mel=log_mel_spectrogram(audio, params=params, device=device),
+        hpcp=hpcpgram(audio, params=params),
+        duration=len(audio) / params.sample_rate,
+        sample_rate=params.sample_rate,
+        feature_hash=params.hash,
+    )
+
+
+__all__ = ["FeatureParams", "TrackFeatures", "compute_features", "hpcpgram", "log_mel_spectrogram"]

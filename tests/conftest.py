@@ -1,0 +1,33 @@
+"""Shared fixtures: paths into ../shared (optional oracles) and seeded RNGs."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MOODTAG_SHARED", REPO.parent / "shared"))
+MUSIC = Path(os.environ.get("MOODTAG_MUSIC", REPO.parent / "music"))
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"shared reference folder not found at {SHARED}")
+    return SHARED
+
+
+@pytest.fixture
+def real_music() -> list[Path]:
+    """Real OGG tracks from shared/scripts/get-real-music.sh, if fetched to ../music (or $MOODTAG_MUSIC)."""
+    tracks = sorted(MUSIC.glob("*.ogg"))
+    if not tracks:
+        pytest.skip(f"no real music at {MUSIC}; run shared/scripts/get-real-music.sh {MUSIC}")
+    return tracks
