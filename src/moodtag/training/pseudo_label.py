@@ -1,0 +1,227 @@
+"""Pseudo-labels for noisy student training (paper section 2.5).
+
+The teacher predicts every track of the unlabelled pool; a score above `t_pos` becomes a positive label, a score
+below `t_neg` a negative one, and everything in between is *unknown* (NaN), which the student's masked BCE ignores.
+
+Thresholds are either fixed (the paper's 0.1 / 1e-6) or derived with the paper's rule from the teacher's scores on
+train + validation: `t_pos` is where the rightmost 5 % of the true positives' scores begin (their 95th percentile) and
+`t_neg` where the leftmost 5 % of the true negatives' scores end (their 5th percentile). The paper derived one global
+pair; moodtag derives one pair per tag by default because tag frequencies differ by two orders of magnitude on
+MTG-Jamendo, so a pair that is confident for a frequent tag labels almost nothing of a rare one (`scope="global"`
+gives the paper's single pair). Degenerate tags are guarded: a tag without positives (or negatives) borrows the
+global value, and a tag whose thresholds cross (`t_neg >= t_pos`, the teacher cannot tell its classes apart) gets no
+confident labels at all.
+
+Pool predictions are made in fixed chunks of tracks, one file per chunk, written atomically: a killed run loses at
+most the chunk in progress, and `--shard i/N` runs take every N-th chunk, so any number of machines can share the pool.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from ..atomic import atomic_path, atomic_write_text
+from ..errors import DataError
+
+log = logging.getLogger(__name__)
+
+PAPER_T_POS = 0.1
+PAPER_T_NEG = 1e-6
+POSITIVE_QUANTILE = 0.95  # the rightmost 5 % of the true positives' scores
+NEGATIVE_QUANTILE = 0.05  # the leftmost 5 % of the true negatives' scores
+CHUNK_TRACKS = 256
+
+
+@dataclasses.dataclass
+class Thresholds:
+    """One (t_pos, t_neg) pair per tag; a tag with t_pos = +inf and t_neg = -inf gets no confident labels."""
+
+    tags: list[str]
+    t_pos: np.ndarray
+    t_neg: np.ndarray
+    mode: str  # "fixed" or "derived"
+    scope: str  # "per-tag" or "global"
+    notes: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        def finite_or_none(value: float) -> float | None:
+            return float(value) if np.isfinite(value) else None
+
+        return {
+            "mode": self.mode,
+            "scope": self.scope,
+            "positive_quantile": POSITIVE_QUANTILE,
+            "negative_quantile": NEGATIVE_QUANTILE,
+            "tags": [
+                {"tag": tag, "t_pos": finite_or_none(p), "t_neg": finite_or_none(n), "note": self.notes.get(tag, "")}
+                for tag, p, n in zip(self.tags, self.t_pos, self.t_neg)
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Thresholds":
+        rows = values["tags"]
+        t_pos = np.array([np.inf if r["t_pos"] is None else r["t_pos"] for r in rows], dtype=np.float64)
+        t_neg = np.array([-np.inf if r["t_neg"] is None else r["t_neg"] for r in rows], dtype=np.float64)
+        notes = {r["tag"]: r["note"] for r in rows if r.get("note")}
+        return cls([r["tag"] for r in rows], t_pos, t_neg, values["mode"], values["scope"], notes)
+
+
+def fixed_thresholds(tags: Sequence[str], *, t_pos: float = PAPER_T_POS, t_neg: float = PAPER_T_NEG) -> Thresholds:
+    """The same pair for every tag (the paper's 0.1 / 1e-6 by default)."""
+    if not t_neg < t_pos:
+        raise DataError(f"t_neg ({t_neg}) must be below t_pos ({t_pos})")
+    n = len(tags)
+    return Thresholds(list(tags), np.full(n, float(t_pos)), np.full(n, float(t_neg)), "fixed", "global")
+
+
+def derive_thresholds(scores: np.ndarray, labels: np.ndarray, tags: Sequence[str], *, scope: str = "per-tag") -> Thresholds:
+    """The paper's rule on teacher `scores` (n_tracks, n_tags) probabilities against 0/1 `labels` of train + validation.
+
+    Returns per-tag pairs (`scope="per-tag"`) or one pooled pair for all tags (`scope="global"`).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    if scores.shape != labels.shape or scores.shape[1] != len(tags):
+        raise DataError(f"scores {scores.shape}, labels {labels.shape} and {len(tags)} tags do not match")
+    if scope not in ("per-tag", "global"):
+        raise DataError(f"threshold scope must be 'per-tag' or 'global', not {scope!r}")
+    global_pos = _quantile_or_none(scores[labels], POSITIVE_QUANTILE)
+    global_neg = _quantile_or_none(scores[~labels], NEGATIVE_QUANTILE)
+    n_tags = len(tags)
+    t_pos, t_neg = np.empty(n_tags), np.empty(n_tags)
+    notes: dict[str, str] = {}
+    for j, tag in enumerate(tags):
+        column, positive = scores[:, j], labels[:, j]
+        pos = global_pos if scope == "global" else _quantile_or_none(column[positive], POSITIVE_QUANTILE)
+        neg = global_neg if scope == "global" else _quantile_or_none(column[~positive], NEGATIVE_QUANTILE)
+        borrowed = []
+        if pos is None:
+            pos, note = (global_pos, "no positives: global t_pos") if global_pos is not None else (PAPER_T_POS, "no positives: paper t_pos")
+            borrowed.append(note)
+        if neg is None:
+            neg, note = (global_neg, "no negatives: global t_neg") if global_neg is not None else (PAPER_T_NEG, "no negatives: paper t_neg")
+            borrowed.append(note)
+        if neg >= pos:
+            borrowed.append(f"t_neg {neg:.3g} >= t_pos {pos:.3g}: no confident labels")
+            pos, neg = np.inf, -np.inf
+        t_pos[j], t_neg[j] = pos, neg
+        if borrowed:
+            notes[tag] = "; ".join(borrowed)
+    return Thresholds(list(tags), t_pos, t_neg, "derived", scope, notes)
+
+
+def _quantile_or_none(values: np.ndarray, q: float) -> float | None:
+    return float(np.quantile(values, q)) if values.size else None
+
+
+def hard_labels(probabilities: np.ndarray, thresholds: Thresholds) -> np.ndarray:
+    """(n_tracks, n_tags) float32 targets: 1 where p > t_pos, 0 where p < t_neg, NaN (unknown) elsewhere."""
+    probabilities = np.asarray(probabilities)
+    if probabilities.ndim != 2 or probabilities.shape[1] != len(thresholds.tags):
+        raise DataError(f"predictions {probabilities.shape} do not have one column per tag ({len(thresholds.tags)})")
+    targets = np.full(probabilities.shape, np.nan, dtype=np.float32)
+    targets[probabilities > thresholds.t_pos] = 1.0
+    targets[probabilities < thresholds.t_neg] = 0.0
+    return targets
+
+
+def label_counts(targets: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-tag counts of positive, negative and unknown entries of a pseudo-label matrix."""
+    known = ~np.isnan(targets)
+    return {
+        "positives": np.sum(known & (targets == 1), axis=0),
+        "negatives": np.sum(known & (targets == 0), axis=0),
+        "unknown": np.sum(~known, axis=0),
+    }
+
+
+def format_counts(thresholds: Thresholds, targets: np.ndarray) -> str:
+    """A plain-text table: tag, t_pos, t_neg, positives, negatives, unknown, note."""
+    counts = label_counts(targets)
+    width = max(len(tag) for tag in thresholds.tags) if thresholds.tags else 3
+    lines = [f"{'tag':<{width}}  {'t_pos':>9}  {'t_neg':>9}  {'pos':>7}  {'neg':>7}  {'unknown':>7}"]
+    for j, tag in enumerate(thresholds.tags):
+        lines.append(
+            f"{tag:<{width}}  {thresholds.t_pos[j]:>9.3g}  {thresholds.t_neg[j]:>9.3g}  {counts['positives'][j]:>7d}  "
+            f"{counts['negatives'][j]:>7d}  {counts['unknown'][j]:>7d}  {thresholds.notes.get(tag, '')}".rstrip()
+        )
+    total = targets.size or 1
+    lines.append(
+        f"{'all':<{width}}  {'':>9}  {'':>9}  {int(counts['positives'].sum()):>7d}  {int(counts['negatives'].sum()):>7d}  "
+        f"{int(counts['unknown'].sum()):>7d}  ({100 * (1 - counts['unknown'].sum() / total):.1f} % confident)"
+    )
+    return "\n".join(lines)
+
+
+def save_labels(path: str | os.PathLike, track_ids: Sequence[str], tags: Sequence[str], targets: np.ndarray) -> None:
+    """Write the student's label file: track_ids, tags, targets float32 with 1 / 0 / NaN = unknown (atomically)."""
+    targets = np.asarray(targets, dtype=np.float32)
+    if targets.shape != (len(track_ids), len(tags)):
+        raise DataError(f"{path}: targets {targets.shape} do not match {len(track_ids)} tracks x {len(tags)} tags")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, track_ids=np.array(track_ids, dtype=str), tags=np.array(tags, dtype=str), targets=targets)
+
+
+def load_labels(path: str | os.PathLike) -> tuple[list[str], list[str], np.ndarray]:
+    """Read a label file written by `save_labels`: (track_ids, tags, targets)."""
+    try:
+        with np.load(path) as data:
+            return list(map(str, data["track_ids"])), list(map(str, data["tags"])), data["targets"].astype(np.float32)
+    except (OSError, ValueError, KeyError) as err:
+        raise DataError(f"{path}: unreadable pseudo-label file ({err})") from None
+
+
+def merge_shards(parts: Iterable[str | os.PathLike], *, expected: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Concatenate per-shard `.npz` files (each with `track_ids` plus arrays whose rows follow them) into one.
+
+    Every track must appear exactly once across the parts; with `expected`, the set of tracks must equal it and the
+    rows come back in `expected` order. Raises DataError naming the offending part and track otherwise.
+    """
+    merged: dict[str, list[np.ndarray]] = {}
+    owner: dict[str, str] = {}
+    for part in parts:
+        try:
+            with np.load(part) as data:
+                arrays = {key: data[key] for key in data.files}
+        except (OSError, ValueError) as err:
+            raise DataError(f"{part}: unreadable shard ({err})") from None
+        if "track_ids" not in arrays:
+            raise DataError(f"{part}: shard has no track_ids")
+        ids = list(map(str, arrays["track_ids"]))
+        for track_id in ids:
+            if track_id in owner:
+                raise DataError(f"{part}: track {track_id} already appears in {owner[track_id]}")
+            owner[track_id] = str(part)
+        if merged and set(arrays) != set(merged):
+            raise DataError(f"{part}: shard has arrays {sorted(arrays)}, expected {sorted(merged)}")
+        for key, values in arrays.items():
+            if values.shape[:1] != (len(ids),):
+                raise DataError(f"{part}: {key} has {values.shape[0] if values.ndim else 0} rows for {len(ids)} tracks")
+            merged.setdefault(key, []).append(values)
+    if not merged:
+        raise DataError("no shards to merge")
+    result = {key: np.concatenate(values) for key, values in merged.items()}
+    if expected is not None:
+        result = _reorder(result, list(map(str, result["track_ids"])), list(expected))
+    return result
+
+
+def _reorder(arrays: dict[str, np.ndarray], have: list[str], expected: list[str]) -> dict[str, np.ndarray]:
+    missing = sorted(set(expected) - set(have))
+    extra = sorted(set(have) - set(expected))
+    if missing or extra:
+        raise DataError(
+            f"shards do not cover the pool: {len(missing)} missing (e.g. {missing[:3]}), {len(extra)} unexpected (e.g. {extra[:3]})"
+        )
+    row = {track_id: i for i, track_id in enumerate(have)}
+    order = np.array([row[track_id] for track_id in expected], dtype=np.int64)
+    return {key: values[order] for key, values in arrays.items()}

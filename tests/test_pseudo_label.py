@@ -1,0 +1,116 @@
+"""Pseudo-labels: the paper's threshold rule, hard labels with unknowns, counts, label files and shard merging."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moodtag.errors import DataError
+from moodtag.training import pseudo_label as pl
+
+TAGS = ["mood/theme---calm", "mood/theme---dark", "mood/theme---happy"]
+
+
+def constructed_scores():
+    """Tag 0: positives score 0..1 and negatives 0..0.5 in 101 even steps, so the percentiles are known exactly."""
+    positives = np.linspace(0.0, 1.0, 101)
+    negatives = np.linspace(0.0, 0.5, 101)
+    scores = np.concatenate([positives, negatives])
+    labels = np.concatenate([np.ones(101), np.zeros(101)])
+    return scores, labels
+
+
+def test_per_tag_thresholds_are_the_papers_percentiles():
+    column, column_labels = constructed_scores()
+    # Tag 1 is tag 0 squared: percentiles of a monotone map are the map of the percentiles.
+    scores = np.stack([column, column**2, column / 2], axis=1)
+    labels = np.stack([column_labels] * 3, axis=1)
+    thresholds = pl.derive_thresholds(scores, labels, TAGS)
+    np.testing.assert_allclose(thresholds.t_pos, [0.95, 0.95**2, 0.475])
+    np.testing.assert_allclose(thresholds.t_neg, [0.025, 0.025**2, 0.0125])
+    assert thresholds.mode == "derived" and thresholds.scope == "per-tag" and not thresholds.notes
+
+
+def test_global_thresholds_pool_every_tag():
+    column, column_labels = constructed_scores()
+    scores = np.stack([column, column / 2], axis=1)
+    labels = np.stack([column_labels] * 2, axis=1)
+    thresholds = pl.derive_thresholds(scores, labels, TAGS[:2], scope="global")
+    pooled_positives = np.concatenate([column[:101], column[:101] / 2])
+    pooled_negatives = np.concatenate([column[101:], column[101:] / 2])
+    assert np.all(thresholds.t_pos == np.quantile(pooled_positives, 0.95))
+    assert np.all(thresholds.t_neg == np.quantile(pooled_negatives, 0.05))
+
+
+def test_tag_without_positives_borrows_the_global_threshold():
+    column, column_labels = constructed_scores()
+    scores = np.stack([column, column], axis=1)
+    labels = np.stack([column_labels, np.zeros_like(column_labels)], axis=1)
+    thresholds = pl.derive_thresholds(scores, labels, TAGS[:2])
+    assert thresholds.t_pos[1] == pytest.approx(0.95)  # only tag 0 has positives, so the pooled value is tag 0's
+    assert thresholds.t_neg[1] == pytest.approx(np.quantile(column, 0.05))  # its own negatives: every track
+    assert thresholds.notes[TAGS[1]] == "no positives: global t_pos" and TAGS[0] not in thresholds.notes
+
+
+def test_crossing_thresholds_give_no_confident_labels(rng):
+    # The teacher ranks this tag's positives below its negatives: t_neg >= t_pos.
+    scores = np.concatenate([rng.uniform(0.0, 0.2, 50), rng.uniform(0.8, 1.0, 50)])[:, None]
+    labels = np.concatenate([np.ones(50), np.zeros(50)])[:, None]
+    thresholds = pl.derive_thresholds(scores, labels, TAGS[:1])
+    assert thresholds.t_pos[0] == np.inf and thresholds.t_neg[0] == -np.inf
+    assert np.isnan(pl.hard_labels(rng.uniform(size=(20, 1)), thresholds)).all()
+    restored = pl.Thresholds.from_dict(thresholds.to_dict())
+    assert restored.t_pos[0] == np.inf and "no confident labels" in restored.notes[TAGS[0]]
+
+
+def test_hard_labels_and_counts():
+    thresholds = pl.fixed_thresholds(TAGS)
+    probabilities = np.array(
+        [[0.5, 1e-7, 0.1], [0.05, 0.0, 1e-6], [0.11, 0.2, 0.0]], dtype=np.float64
+    )
+    targets = pl.hard_labels(probabilities, thresholds)
+    expected = np.array([[1, 0, np.nan], [np.nan, 0, np.nan], [1, 1, 0]], dtype=np.float32)
+    np.testing.assert_array_equal(targets, expected)  # equal to a threshold is unknown: both rules are strict
+    counts = pl.label_counts(targets)
+    np.testing.assert_array_equal(counts["positives"], [2, 1, 0])
+    np.testing.assert_array_equal(counts["negatives"], [0, 2, 1])
+    np.testing.assert_array_equal(counts["unknown"], [1, 0, 2])
+    table = pl.format_counts(thresholds, targets)
+    assert "mood/theme---calm" in table and "66.7 % confident" in table
+
+
+def test_fixed_thresholds_must_not_cross():
+    with pytest.raises(DataError):
+        pl.fixed_thresholds(TAGS, t_pos=0.1, t_neg=0.2)
+
+
+def test_label_file_round_trip(tmp_path):
+    targets = np.array([[1, np.nan, 0]], dtype=np.float32)
+    pl.save_labels(tmp_path / "labels.npz", ["7"], TAGS, targets)
+    track_ids, tags, loaded = pl.load_labels(tmp_path / "labels.npz")
+    assert track_ids == ["7"] and tags == TAGS and loaded.dtype == np.float32
+    np.testing.assert_array_equal(loaded, targets)
+
+
+def write_part(path, track_ids, rng):
+    np.savez(path, track_ids=np.array(track_ids), probabilities=rng.uniform(size=(len(track_ids), 3)))
+    return path
+
+
+def test_merge_shards_restores_pool_order(tmp_path, rng):
+    a = write_part(tmp_path / "a.npz", ["3", "1"], rng)
+    b = write_part(tmp_path / "b.npz", ["2"], rng)
+    merged = pl.merge_shards([a, b], expected=["1", "2", "3"])
+    assert list(merged["track_ids"]) == ["1", "2", "3"]
+    with np.load(a) as part:
+        np.testing.assert_array_equal(merged["probabilities"][0], part["probabilities"][1])
+
+
+def test_merge_shards_rejects_duplicates_and_gaps(tmp_path, rng):
+    a = write_part(tmp_path / "a.npz", ["1", "2"], rng)
+    b = write_part(tmp_path / "b.npz", ["2", "3"], rng)
+    with pytest.raises(DataError, match="track 2 already appears"):
+        pl.merge_shards([a, b])
+    with pytest.raises(DataError, match="1 missing"):
+        pl.merge_shards([a], expected=["1", "2", "3"])
+    with pytest.raises(DataError, match="1 unexpected"):
+        pl.merge_shards([a], expected=["1"])
