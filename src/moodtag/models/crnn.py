@@ -1,0 +1,241 @@
+"""The paper's tagger (Section 2.2, Figure 1): a CRNN branch over the mel spectrogram, an optional CRNN branch over
+HPCP, and two linear layers fusing their d = 256 embeddings into tag logits.
+
+Architecture details the paper leaves open follow the author's released code (github.com/gudgud96/
+noisy-student-emotion-training, models.py: ``CRNNBlock``, ``HPCPModel``, ``NoisyHPCPModel``), reimplemented here:
+three 64-channel residual conv blocks per branch with 2x2 GeM pooling (p = 3, learnt), a one-layer bidirectional GRU
+with 256 hidden units whose final forward and backward states are concatenated and projected (linear + ReLU) to
+d = 256, and fusion linear(512 -> 256) -> ReLU -> linear(256 -> tags). The student's stochastic blocks sit where the
+released code puts them: after the first conv block of each branch, at that block's channel count.
+
+The model is pure: tensors in, logits out (use ``BCEWithLogitsLoss``); it knows nothing of files or training.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .blocks import Pool, ResidualConvBlock, StochasticConvBlock
+
+GRU_POOLS = ("last", "mean")
+
+
+@dataclass(frozen=True)
+class CRNNConfig:
+    """Dimensions of ``MoodCRNN``; the defaults are the paper's model (the ``"paper"`` preset).
+
+    Pooling kernels are (frequency, time) per conv block. ``gru_pool`` turns the GRU's output sequence into one
+    vector: ``"last"`` concatenates the final forward and backward hidden states (the released code), ``"mean"``
+    averages the outputs over time. ``stochastic_blocks`` StochasticConvBlocks (the noisy student; 0 for teachers)
+    follow the first conv block of every branch. ``dropout`` acts in the fusion head (and between stacked GRU layers).
+    """
+
+    n_mels: int = 128
+    hpcp_bins: int = 12
+    use_hpcp: bool = True
+    mel_channels: tuple[int, ...] = (64, 64, 64)
+    mel_pooling: tuple[Pool, ...] = ((2, 2), (2, 2), (2, 2))
+    hpcp_channels: tuple[int, ...] = (64, 64, 64)
+    hpcp_pooling: tuple[Pool, ...] = ((2, 2), (2, 2), (2, 2))
+    gru_hidden: int = 256
+    gru_layers: int = 1
+    gru_pool: str = "last"
+    embed_dim: int = 256
+    fusion_hidden: int = 256
+    dropout: float = 0.0
+    stochastic_blocks: int = 0
+    stochastic_drop_prob: float = 0.1
+    stochastic_dropout: float = 0.1
+    gem_p: float = 3.0
+    gem_learnable: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("mel_channels", "hpcp_channels"):
+            object.__setattr__(self, name, tuple(_positive_int(f"{name}[]", c) for c in getattr(self, name)))
+        for name in ("mel_pooling", "hpcp_pooling"):
+            object.__setattr__(self, name, tuple(_pool(name, k) for k in getattr(self, name)))
+        self._validate()
+
+    def _validate(self) -> None:
+        for name in ("n_mels", "hpcp_bins", "gru_hidden", "gru_layers", "embed_dim", "fusion_hidden"):
+            _positive_int(name, getattr(self, name))
+        for branch in ("mel", "hpcp"):
+            channels, pooling = getattr(self, f"{branch}_channels"), getattr(self, f"{branch}_pooling")
+            if not channels:
+                raise ConfigError(f"model config: {branch}_channels must name at least one conv block")
+            if len(pooling) != len(channels):
+                raise ConfigError(f"model config: {branch}_pooling has {len(pooling)} kernels for "
+                                  f"{len(channels)} conv blocks")
+        if self.gru_pool not in GRU_POOLS:
+            raise ConfigError(f"model config: gru_pool must be one of {GRU_POOLS}, got {self.gru_pool!r}")
+        if isinstance(self.stochastic_blocks, bool) or not isinstance(self.stochastic_blocks, int) \
+                or self.stochastic_blocks < 0:
+            raise ConfigError(f"model config: stochastic_blocks must be an integer >= 0, got {self.stochastic_blocks!r}")
+        for name in ("dropout", "stochastic_drop_prob", "stochastic_dropout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ConfigError(f"model config: {name} must be a probability in [0, 1), got {value!r}")
+        if not isinstance(self.gem_p, (int, float)) or self.gem_p <= 0:
+            raise ConfigError(f"model config: gem_p must be positive, got {self.gem_p!r}")
+        for name in ("use_hpcp", "gem_learnable"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"model config: {name} must be true or false, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML/JSON-friendly values (lists, not tuples); ``from_dict`` rebuilds the same config."""
+        out = dataclasses.asdict(self)
+        for name in ("mel_channels", "hpcp_channels"):
+            out[name] = list(out[name])
+        for name in ("mel_pooling", "hpcp_pooling"):
+            out[name] = [list(k) for k in out[name]]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CRNNConfig:
+        """Build from a mapping of field values; unknown keys and bad values raise ``ConfigError``."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"model config must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"model config: unknown key(s) {', '.join(map(str, unknown))}; "
+                              f"known keys are {', '.join(sorted(known))}")
+        try:
+            return cls(**data)
+        except TypeError as err:
+            raise ConfigError(f"model config: {err}") from None
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"model config: {name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _pool(name: str, kernel: Any) -> Pool:
+    if not isinstance(kernel, (list, tuple)) or len(kernel) != 2:
+        raise ConfigError(f"model config: each {name} entry must be a (frequency, time) pair, got {kernel!r}")
+    return (_positive_int(f"{name}[]", kernel[0]), _positive_int(f"{name}[]", kernel[1]))
+
+
+MODEL_PRESETS: dict[str, CRNNConfig] = {
+    # The released code's model: about 3.1 M parameters with HPCP (2.3 M mel-only), of the order of Choi et al.'s CRNN.
+    "paper": CRNNConfig(),
+    # A quarter of the compute: for quick experiments on real data.
+    "small": CRNNConfig(
+        mel_channels=(32, 48, 64), mel_pooling=((2, 2), (2, 2), (4, 2)),
+        hpcp_channels=(16, 32, 32), hpcp_pooling=((1, 2), (2, 2), (2, 2)),
+        gru_hidden=96, embed_dim=128, fusion_hidden=128,
+    ),
+    # Tens of thousands of parameters: trains in seconds on CPU (tests, the synthetic demo).
+    "tiny": CRNNConfig(
+        mel_channels=(4, 8), mel_pooling=((4, 2), (4, 4)),
+        hpcp_channels=(4, 8), hpcp_pooling=((2, 2), (2, 4)),
+        gru_hidden=16, embed_dim=32, fusion_hidden=32,
+    ),
+}
+
+
+def resolve_model_config(spec: str | Mapping[str, Any] | CRNNConfig | None = None) -> CRNNConfig:
+    """A config from a preset name, or a mapping ``{"preset": name, **overrides}`` (preset defaults to "paper").
+
+    This is how training configs name a model, e.g. ``{"preset": "tiny", "use_hpcp": False}``.
+    """
+    if isinstance(spec, CRNNConfig):
+        return spec
+    if spec is None or isinstance(spec, str):
+        spec = {"preset": spec or "paper"}
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"model config must be a preset name or a mapping, got {type(spec).__name__}")
+    overrides = dict(spec)
+    name = overrides.pop("preset", "paper")
+    if name not in MODEL_PRESETS:
+        raise ConfigError(f"unknown model preset {name!r}; choose from {', '.join(MODEL_PRESETS)}")
+    return CRNNConfig.from_dict({**MODEL_PRESETS[name].to_dict(), **overrides})
+
+
+class CRNNBranch(nn.Module):
+    """Residual conv blocks with GeM pooling, a bidirectional GRU over time, and a projection to ``embed_dim``.
+
+    Input (batch, bins, time) -> embedding (batch, embed_dim). Any time length >= 1 works (pooling uses ceil mode).
+    """
+
+    def __init__(self, bins: int, channels: tuple[int, ...], pooling: tuple[Pool, ...], config: CRNNConfig):
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_ch, out_bins = 1, bins
+        for index, (out_ch, pool) in enumerate(zip(channels, pooling)):
+            layers.append(ResidualConvBlock(in_ch, out_ch, pool, gem_p=config.gem_p,
+                                            gem_learnable=config.gem_learnable))
+            if index == 0:
+                layers.extend(StochasticConvBlock(out_ch, config.stochastic_drop_prob, config.stochastic_dropout)
+                              for _ in range(config.stochastic_blocks))
+            in_ch, out_bins = out_ch, math.ceil(out_bins / pool[0])
+        self.convs = nn.Sequential(*layers)
+        self.gru = nn.GRU(in_ch * out_bins, config.gru_hidden, num_layers=config.gru_layers, batch_first=True,
+                          bidirectional=True, dropout=config.dropout if config.gru_layers > 1 else 0.0)
+        self.project = nn.Sequential(nn.Linear(2 * config.gru_hidden, config.embed_dim), nn.ReLU())
+        self.gru_pool = config.gru_pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.convs(x.unsqueeze(1))                      # (batch, channels, bins', time')
+        x = x.permute(0, 3, 1, 2).flatten(2)                # (batch, time', channels * bins')
+        # The GRU runs in its weights' precision: CPU autocast leaves it in float32 while the convs emit bf16.
+        outputs, h_n = self.gru(x.to(self.gru.weight_ih_l0.dtype))
+        if self.gru_pool == "last":
+            summary = torch.cat([h_n[-2], h_n[-1]], dim=-1)  # top layer's final forward and backward states
+        else:
+            summary = outputs.mean(dim=1)
+        return self.project(summary)
+
+
+class MoodCRNN(nn.Module):
+    """Mel (+ HPCP) CRNN tagger: ``forward(mel, hpcp) -> logits (batch, n_tags)``.
+
+    mel: (batch, n_mels, T) log-mel steps (long mode T = 1600, short mode T = 80). hpcp: (batch, hpcp_bins, T')
+    HPCP frames (4000 / 200), required when ``config.use_hpcp`` and ignored otherwise. The config and ``n_tags`` are
+    all that is needed to rebuild the model from a state dict.
+    """
+
+    def __init__(self, config: CRNNConfig, n_tags: int):
+        super().__init__()
+        if isinstance(n_tags, bool) or not isinstance(n_tags, int) or n_tags <= 0:
+            raise ConfigError(f"n_tags must be a positive integer, got {n_tags!r}")
+        self.config = config
+        self.n_tags = n_tags
+        self.mel_branch = CRNNBranch(config.n_mels, config.mel_channels, config.mel_pooling, config)
+        self.hpcp_branch = (CRNNBranch(config.hpcp_bins, config.hpcp_channels, config.hpcp_pooling, config)
+                            if config.use_hpcp else None)
+        fused = config.embed_dim * (2 if config.use_hpcp else 1)
+        self.head = nn.Sequential(
+            nn.Linear(fused, config.fusion_hidden),
+            nn.ReLU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.fusion_hidden, n_tags),
+        )
+
+    def embed(self, mel: torch.Tensor, hpcp: torch.Tensor | None = None) -> torch.Tensor:
+        """The fused embedding (batch, embed_dim * branches) the head classifies."""
+        _check_input("mel", mel, self.config.n_mels)
+        z = self.mel_branch(mel)
+        if self.hpcp_branch is None:
+            return z
+        if hpcp is None:
+            raise ValueError("this model uses HPCP (config.use_hpcp) but forward() got hpcp=None")
+        _check_input("hpcp", hpcp, self.config.hpcp_bins)
+        return torch.cat([z, self.hpcp_branch(hpcp)], dim=-1)
+
+    def forward(self, mel: torch.Tensor, hpcp: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.embed(mel, hpcp))
+
+
+def _check_input(name: str, x: torch.Tensor, bins: int) -> None:
+    if x.dim() != 3 or x.shape[1] != bins:
+        raise ValueError(f"{name} must be shaped (batch, {bins}, time), got {tuple(x.shape)}")
