@@ -248,6 +248,20 @@ def test_tags_without_positives_are_skipped_and_reported(rng, caplog):
     assert per_tag["threshold"][2] == ev.NEVER  # never predicted: no positives to tune on
 
 
+def test_tag_names_must_match_the_columns(rng):
+    with pytest.raises(DataError, match="5 tag names for 6 columns"):
+        ev.evaluate(*synthetic(rng), tags=TAGS[:5])
+    with pytest.raises(DataError, match="5 tag names for 6 columns"):
+        ev.per_tag_metrics(*synthetic(rng), tags=TAGS[:5])
+
+
+def test_extreme_logits_saturate_without_warnings(rng):
+    y_true, y_score = synthetic(rng)
+    logits = (y_score - 0.5) * 4000
+    result = ev.evaluate(y_true, logits, logits=True, thresholds=None)
+    assert np.isfinite(result["roc_auc_macro"])
+
+
 def test_nothing_scorable_is_an_error(rng):
     _, y_score = synthetic(rng)
     with pytest.raises(DataError, match="no tag has both positive and negative"):

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from scipy import special
 from sklearn import metrics
 
 from .atomic import atomic_write_text
@@ -95,7 +96,7 @@ def validate(y_true, y_score, *, logits: bool = False) -> tuple[np.ndarray, np.n
         row, column = np.argwhere(bad)[0]
         raise DataError(f"predictions contain {int(bad.sum())} NaN/inf values (first at row {row}, column {column})")
     if logits:
-        y_score = 1.0 / (1.0 + np.exp(-y_score))
+        y_score = special.expit(y_score)
     elif y_score.min() < 0.0 or y_score.max() > 1.0:
         raise DataError(
             f"predictions lie in [{y_score.min():.4g}, {y_score.max():.4g}], outside [0, 1]; "
@@ -111,11 +112,11 @@ def scored_tags(y_true: np.ndarray) -> np.ndarray:
 
 
 def _scored_mask(y_true: np.ndarray, tags: Sequence[str] | None) -> np.ndarray:
+    names = _tag_names(tags, y_true.shape[1])
     mask = scored_tags(y_true)
     if not mask.any():
         raise DataError("no tag has both positive and negative examples; nothing can be scored")
     if not mask.all():
-        names = _tag_names(tags, y_true.shape[1])
         skipped = [names[i] for i in np.flatnonzero(~mask)]
         logger.warning(
             "%d of %d tags have no positives or no negatives and are left out of the means: %s",
@@ -125,7 +126,11 @@ def _scored_mask(y_true: np.ndarray, tags: Sequence[str] | None) -> np.ndarray:
 
 
 def _tag_names(tags: Sequence[str] | None, n_tags: int) -> list[str]:
-    return list(tags) if tags is not None else [f"column_{i}" for i in range(n_tags)]
+    if tags is None:
+        return [f"column_{i}" for i in range(n_tags)]
+    if len(tags) != n_tags:
+        raise DataError(f"{len(tags)} tag names for {n_tags} columns")
+    return list(tags)
 
 
 # ---------------------------------------------------------------------------------------------------------------
