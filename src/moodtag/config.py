@@ -1,0 +1,336 @@
+"""Run configuration: one YAML file per Table 1 row, validated into dataclasses.
+
+A config file states only what differs from the defaults below (which are the paper's settings) or from the file
+it `extends` (a path relative to the file). Command-line `--set section.key=value` overrides are applied last.
+Unknown keys and bad values raise ConfigError naming the file and the key.
+
+    name: long-hpcp
+    extends: _base.yaml
+    data: {mode: long}
+    model: {preset: paper, use_hpcp: true}
+
+Paths in `data` are relative to `data.root`; `data.root` itself is resolved against the current directory when the
+config is loaded (or given with `--data-root`), and the resolved config saved in a run directory holds absolute paths.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+
+Precision = Literal["32", "bf16-mixed", "16-mixed"]
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where the tracks come from and how they are cut (section 2.3)."""
+
+    root: str | None = None
+    train_split: str = "splits/train.tsv"
+    validation_split: str = "splits/validation.tsv"
+    test_split: str = "splits/test.tsv"
+    tags: str = "tags.txt"
+    features: str = "features"
+    mode: Literal["long", "short"] = "long"
+    # Long mode: the first 1600 pooled mel steps (≈185.8 s) and the matching 4000 HPCP frames.
+    long_steps: int = 1600
+    # Short mode: 80-step chunks (≈9.29 s) with 200 HPCP frames.
+    chunk_steps: int = 80
+    short_sampling: Literal["random", "all"] = "random"
+    # Not stated in the paper.
+    batch_size: int = 16
+    eval_batch_size: int = 16
+    # Short-mode evaluation runs at most this many chunks through the model at once (bounds memory).
+    eval_max_chunks: int = 256
+    num_workers: int = 0
+
+    def path(self, relative: str) -> Path:
+        if self.root is None:
+            raise ConfigError("data.root is not set: pass --data-root DIR or set data.root in the config")
+        return Path(self.root) / relative
+
+
+@dataclasses.dataclass
+class AugmentConfig:
+    """SpecAugment-style masking (section 2.1) and the student's input noise (section 2.5)."""
+
+    mask_max_range: tuple[int, int] = (20, 60)
+    input_noise: float = 0.0
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """A preset of moodtag.models.MODEL_PRESETS plus overrides of its CRNNConfig fields."""
+
+    preset: str = "paper"
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def build_config(self):
+        """The CRNNConfig this section describes."""
+        from .models import resolve_model_config
+
+        return resolve_model_config({"preset": self.preset, **self.overrides})
+
+    @property
+    def use_hpcp(self) -> bool:
+        return bool(self.build_config().use_hpcp)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Optimisation and hardware (section 2.2): Adam 1e-4, ≤100 epochs, early stopping on validation ROC-AUC."""
+
+    max_epochs: int = 100
+    patience: int = 5
+    lr: float = 1e-4
+    seed: int = 0
+    precision: Precision = "32"
+    channels_last: bool = False
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    # Optional caps on batches per epoch (smoke tests, quick demos); null = the whole split.
+    limit_train_batches: int | None = None
+    limit_val_batches: int | None = None
+
+
+@dataclasses.dataclass
+class StudentConfig:
+    """Noisy student (section 2.5): which teacher row labels the unlabelled pool, and where its labels live.
+
+    teacher: name of the teacher row; its run directory is a sibling of the student's (runs/<teacher>).
+    pseudo_labels: labels.npz path; null = <teacher run dir>/pseudo-labels/labels.npz.
+    unlabelled_split / unlabelled_features: the pool, relative to data.root (null features = data.features).
+    """
+
+    teacher: str
+    pseudo_labels: str | None = None
+    unlabelled_split: str = "splits/unlabelled.tsv"
+    unlabelled_features: str | None = None
+    threshold_rule: Literal["fixed", "derived"] = "fixed"
+    threshold_scope: Literal["per-tag", "global"] = "per-tag"
+    positive_threshold: float = 0.1
+    negative_threshold: float = 1e-6
+    iterations: int = 1
+
+
+@dataclasses.dataclass
+class RunConfig:
+    name: str
+    run_dir: str | None = None
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    student: StudentConfig | None = None
+
+    def to_dict(self) -> dict:
+        """Plain YAML-able values; `model` is written flat (preset next to its overrides)."""
+        values = dataclasses.asdict(self)
+        model = values.pop("model")
+        values["model"] = {"preset": model["preset"], **model["overrides"]}
+        values["augment"]["mask_max_range"] = list(values["augment"]["mask_max_range"])
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict, *, source: str = "config") -> "RunConfig":
+        config = _build(cls, values, source, "")
+        for key, problem in config.problems():
+            raise ConfigError(f"{source}: {key}: {problem}")
+        return config
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(dotted key, reason) for each value outside its valid range."""
+        low, high = self.augment.mask_max_range
+        checks = [
+            ("data.long_steps", self.data.long_steps > 0, "must be positive"),
+            ("data.chunk_steps", self.data.chunk_steps > 0, "must be positive"),
+            ("data.batch_size", self.data.batch_size > 0, "must be positive"),
+            ("data.eval_batch_size", self.data.eval_batch_size > 0, "must be positive"),
+            ("data.eval_max_chunks", self.data.eval_max_chunks > 0, "must be positive"),
+            ("data.num_workers", self.data.num_workers >= 0, "must be 0 or more"),
+            ("augment.mask_max_range", 0 <= low <= high, "expected [low, high] with 0 <= low <= high"),
+            ("augment.input_noise", self.augment.input_noise >= 0, "must be 0 or more"),
+            ("train.max_epochs", self.train.max_epochs > 0, "must be positive"),
+            ("train.patience", self.train.patience >= 0, "must be 0 or more"),
+            ("train.lr", self.train.lr > 0, "must be positive"),
+            ("train.num_nodes", self.train.num_nodes > 0, "must be positive"),
+        ]
+        if self.student is not None:
+            positive, negative = self.student.positive_threshold, self.student.negative_threshold
+            checks.append(("student.negative_threshold", 0 <= negative <= positive <= 1, "need 0 <= negative <= positive <= 1"))
+            checks.append(("student.iterations", self.student.iterations > 0, "must be positive"))
+        return [(key, reason) for key, ok, reason in checks if not ok]
+
+
+def load_config(
+    path: str | os.PathLike,
+    *,
+    overrides: typing.Sequence[str] = (),
+    data_root: str | os.PathLike | None = None,
+    run_dir: str | os.PathLike | None = None,
+) -> RunConfig:
+    """Read a config YAML (following `extends`), apply `key.sub=value` overrides, and validate it."""
+    path = Path(path)
+    values = _read_with_extends(path, seen=())
+    values.setdefault("name", path.stem)
+    for override in overrides:
+        _apply_override(values, override)
+    if data_root is not None:
+        values.setdefault("data", {})["root"] = str(data_root)
+    if run_dir is not None:
+        values["run_dir"] = str(run_dir)
+    config = RunConfig.from_dict(values, source=str(path))
+    if config.data.root is not None:
+        config.data.root = str(Path(config.data.root).expanduser().resolve())
+    return config
+
+
+def save_config(config: RunConfig, path: str | os.PathLike) -> None:
+    from .atomic import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def _read_with_extends(path: Path, seen: tuple[Path, ...]) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: `extends` cycle")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    base_name = values.pop("extends", None)
+    if base_name is None:
+        return values
+    base = _read_with_extends(path.parent / base_name, seen + (path.resolve(),))
+    return _merge(base, values)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _apply_override(values: dict, override: str) -> None:
+    key, sep, raw = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {override!r}: expected KEY.SUB=VALUE")
+    parts = key.strip().split(".")
+    target = values
+    for part in parts[:-1]:
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"--set {override!r}: {part} is not a section")
+    try:
+        target[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {override!r}: value is not valid YAML") from None
+
+
+def _build(cls, values: Any, source: str, prefix: str):
+    """Build dataclass `cls` from `values`, checking keys and types; errors name `source` and the dotted key."""
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: {where}: expected a mapping, got {values!r}")
+    if cls is ModelConfig:
+        return _build_model(values, source, prefix)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in values:
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown key {prefix}{key}")
+    kwargs = {key: _convert(hints[key], value, source, f"{prefix}{key}") for key, value in values.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"{source}: {where}: {err}") from None
+
+
+def _build_model(values: dict, source: str, prefix: str) -> ModelConfig:
+    from .models import MODEL_PRESETS
+
+    values = dict(values)
+    preset = values.pop("preset", ModelConfig.preset)
+    if preset not in MODEL_PRESETS:
+        raise ConfigError(f"{source}: {prefix}preset: {preset!r} is not one of {', '.join(sorted(MODEL_PRESETS))}")
+    base = MODEL_PRESETS[preset]
+    fields = {f.name for f in dataclasses.fields(base)}
+    for key in values:
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown key {prefix}{key}")
+    config = ModelConfig(preset=preset, overrides=values)
+    try:
+        config.build_config()
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    return config
+
+
+def _convert(hint, value, source: str, key: str):
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, source, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _convert(option, value, source, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[-1] if len(errors) == 1 else f"{source}: {key}: {value!r} has the wrong type")
+    if origin is Literal:
+        if isinstance(value, int) and not isinstance(value, bool) and str(value) in args:
+            value = str(value)  # `precision: 32` in YAML reads as an integer
+        if value not in args:
+            choices = ", ".join(str(a) for a in args)
+            raise ConfigError(f"{source}: {key}: {value!r} is not one of {choices}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{source}: {key}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_convert(a, v, source, key) for a, v in zip(args, value))
+    return _convert_scalar(hint, value, source, key)
+
+
+def _convert_scalar(hint, value, source: str, key: str):
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{source}: {key}: expected a string, got {value!r}")
+        return str(value)
+    if typing.get_origin(hint) is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key}: expected a mapping, got {value!r}")
+        return value
+    raise ConfigError(f"{source}: {key}: unsupported type {hint}")

@@ -1,0 +1,169 @@
+"""The LightningModule that trains a MoodCRNN (sections 2.2–2.5): loss, augmentation, validation metrics, history.
+
+The model stays a pure nn.Module (moodtag.models); this module adds what training needs around it. Validation
+predictions are gathered from every rank and de-duplicated by track position before any metric is computed, so the
+metrics of a DDP run equal those of a single process (never an average of per-rank AUCs).
+"""
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import RunConfig
+from ..data.augment import augment_batch
+from ..models import CRNNConfig, MoodCRNN
+
+METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_roc_auc", "val_pr_auc", "time", "empty_batches")
+
+
+def masked_bce_with_logits(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Binary cross-entropy over the known (non-NaN) target entries; returns (loss, number of known entries).
+
+    Reduction: the mean over known entries (equal to BCEWithLogitsLoss when nothing is NaN). A batch with no known
+    entry gives a loss of exactly 0 that still depends on every logit, so DDP sees every parameter used.
+    """
+    known = ~torch.isnan(targets)
+    logits = logits.float()
+    losses = F.binary_cross_entropy_with_logits(logits, torch.where(known, targets, 0.0).float(), reduction="none")
+    n_known = known.sum()
+    loss = (losses * known).sum() / n_known.clamp(min=1) + 0.0 * logits.sum()
+    return loss, n_known
+
+
+def track_logits(model: MoodCRNN, batch: dict, max_chunks: int) -> torch.Tensor:
+    """(B, n_tags) logits of a batch: long crops directly; short mode runs every chunk (at most `max_chunks` at a time)
+    and averages the chunk logits of each track (section 2.3)."""
+    if "chunk_track" not in batch:
+        return model(batch["mel"], batch.get("hpcp"))
+    mel, hpcp = batch["mel"], batch.get("hpcp")
+    chunk_logits = torch.cat([
+        model(mel[i : i + max_chunks], None if hpcp is None else hpcp[i : i + max_chunks])
+        for i in range(0, len(mel), max_chunks)
+    ]).float()
+    # A (tracks x chunks) averaging matrix: deterministic on every device, unlike index_add.
+    owner = F.one_hot(batch["chunk_track"], num_classes=len(batch["target"])).T.to(chunk_logits.dtype)
+    return (owner @ chunk_logits) / owner.sum(dim=1, keepdim=True)
+
+
+def macro_scores(targets: np.ndarray, probabilities: np.ndarray) -> tuple[float, float]:
+    """(macro ROC-AUC, macro PR-AUC) over the tags that have both positives and negatives among `targets`."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    positives = targets.sum(axis=0)
+    usable = (positives > 0) & (positives < len(targets))
+    if not usable.any():
+        return float("nan"), float("nan")
+    y, p = targets[:, usable], probabilities[:, usable]
+    return float(roc_auc_score(y, p, average="macro")), float(average_precision_score(y, p, average="macro"))
+
+
+class TaggingModule(L.LightningModule):
+    """Trains a MoodCRNN from a resolved RunConfig (as a dict) and the tag list; checkpoints rebuild it alone.
+
+    hpcp_frames_per_step and feature_params come from the feature store the run was trained on.
+    """
+
+    def __init__(self, config: dict, tags: list[str], model_config: dict, feature_params: dict,
+                 hpcp_frames_per_step: float):
+        super().__init__()
+        self.save_hyperparameters()
+        self.run_config = RunConfig.from_dict(config)
+        self.tags = list(tags)
+        self.model = MoodCRNN(CRNNConfig.from_dict(model_config), len(tags))
+        if self.run_config.train.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.history: list[dict] = []
+        self.val_predictions: tuple[np.ndarray, np.ndarray] | None = None
+        self._reset_epoch()
+
+    def _reset_epoch(self) -> None:
+        self._loss_sum = torch.zeros(())
+        self._batches = torch.zeros(())
+        self._empty_batches = torch.zeros(())
+        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._epoch_start = time.monotonic()
+
+    def forward(self, mel: torch.Tensor, hpcp: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(mel, hpcp)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.model.parameters(), lr=self.run_config.train.lr)
+
+    def on_train_epoch_start(self) -> None:
+        self._reset_epoch()
+
+    def training_step(self, batch: dict, batch_index: int) -> torch.Tensor:
+        augment = self.run_config.augment
+        mel, hpcp = augment_batch(
+            batch["mel"], batch.get("hpcp"), mask_max_range=augment.mask_max_range, input_noise=augment.input_noise,
+            hpcp_frames_per_step=self.hparams.hpcp_frames_per_step,
+        )
+        loss, n_known = masked_bce_with_logits(self.model(mel, hpcp), batch["target"])
+        self._loss_sum = self._loss_sum.to(loss.device) + loss.detach()
+        self._batches = self._batches.to(loss.device) + 1
+        self._empty_batches = self._empty_batches.to(loss.device) + (n_known == 0)
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(mel))
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_outputs = []
+
+    def validation_step(self, batch: dict, batch_index: int) -> None:
+        logits = track_logits(self.model, batch, self.run_config.data.eval_max_chunks)
+        self._val_outputs.append((batch["index"], logits.float(), batch["target"].float()))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_outputs:
+            return
+        index, logits, targets = self._gather_validation()
+        loss, _ = masked_bce_with_logits(logits, targets)
+        y = targets.cpu().numpy()
+        roc_auc, pr_auc = macro_scores(y, torch.sigmoid(logits).cpu().numpy())
+        self.val_predictions = (index.cpu().numpy(), logits.cpu().numpy())
+        # Every rank computed these from the same gathered predictions, so no further sync is needed.
+        self.log_dict({"val_loss": loss, "val_roc_auc": roc_auc, "val_pr_auc": pr_auc}, prog_bar=True)
+        if self.trainer.sanity_checking:
+            return
+        train_totals = self._gather_sum(torch.stack([self._loss_sum, self._batches, self._empty_batches]).float())
+        self.history.append({
+            "epoch": self.current_epoch,
+            "train_loss": float(train_totals[0] / train_totals[1]) if train_totals[1] > 0 else float("nan"),
+            "val_loss": float(loss),
+            "val_roc_auc": roc_auc,
+            "val_pr_auc": pr_auc,
+            "time": round(time.monotonic() - self._epoch_start, 3),
+            "empty_batches": int(train_totals[2]),
+        })
+
+    def _gather_validation(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Validation (track positions, logits, targets) of all ranks, one row per track, ordered by position.
+
+        The distributed sampler pads ranks to equal length with repeated tracks; duplicates are dropped here.
+        """
+        index = torch.cat([o[0] for o in self._val_outputs])
+        logits = torch.cat([o[1] for o in self._val_outputs])
+        targets = torch.cat([o[2] for o in self._val_outputs])
+        if self.trainer.world_size > 1:
+            index, logits, targets = (
+                t.flatten(0, 1) for t in self.all_gather((index, logits, targets))
+            )
+        order = torch.argsort(index, stable=True)
+        index, logits, targets = index[order], logits[order], targets[order]
+        first = torch.ones_like(index, dtype=torch.bool)
+        first[1:] = index[1:] != index[:-1]
+        return index[first], logits[first], targets[first]
+
+    def _gather_sum(self, values: torch.Tensor) -> torch.Tensor:
+        if self.trainer.world_size > 1:
+            return self.all_gather(values).sum(dim=0)
+        return values
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["moodtag_history"] = list(self.history)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = list(checkpoint.get("moodtag_history", []))

@@ -1,0 +1,381 @@
+"""Train a run, reload its best model, and predict with it: the Python API behind `moodtag train` / `moodtag predict`.
+
+A run directory (`runs/<name>` unless the config or caller says otherwise) holds:
+    config.yaml                 the resolved config (absolute data root)
+    run.json                    name, status (running / completed / failed), seed, versions, best epoch and metrics
+    metrics.csv                 one row per finished epoch (see METRIC_COLUMNS)
+    checkpoints/best.ckpt       the epoch with the best validation ROC-AUC (what prediction uses)
+    checkpoints/last.ckpt       the latest epoch (what --resume continues from)
+    predictions/<split>.npy     float32 probabilities (tracks x tags, rows in split order), .logits.npy, .csv
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import platform
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+
+from .. import __version__
+from ..atomic import atomic_path, atomic_write_text
+from ..config import RunConfig, load_config, save_config
+from ..data.datamodule import MoodDataModule, evaluation_loader, open_store
+from ..data.datasets import unlabelled_tracks
+from ..data.splits import read_split, read_tag_list
+from ..errors import ConfigError, DataError
+from ..models import CRNNConfig, MoodCRNN
+from ..store import FeatureStore
+from .module import METRIC_COLUMNS, TaggingModule, track_logits
+
+log = logging.getLogger(__name__)
+
+# Settings that may change between a run and its resumption: hardware and data loading, not the experiment.
+RESUMABLE_CHANGES = {"data.root", "data.num_workers", "data.eval_batch_size", "data.eval_max_chunks", "run_dir",
+                     "train.accelerator", "train.devices", "train.num_nodes", "train.strategy"}
+
+
+def run_dir_of(config: RunConfig) -> Path:
+    return Path(config.run_dir) if config.run_dir else Path("runs") / config.name
+
+
+def teacher_run_dir(config: RunConfig) -> Path:
+    """The student's teacher run: a sibling of the student's run directory named after the teacher row."""
+    if config.student is None:
+        raise ConfigError(f"{config.name}: not a student config (no `student` section)")
+    return run_dir_of(config).parent / config.student.teacher
+
+
+def pseudo_labels_path(config: RunConfig) -> Path | None:
+    """Where a student's labels.npz is read from (None for teachers)."""
+    if config.student is None:
+        return None
+    if config.student.pseudo_labels:
+        return Path(config.student.pseudo_labels)
+    return teacher_run_dir(config) / "pseudo-labels" / "labels.npz"
+
+
+def read_run_info(run_dir: str | os.PathLike) -> dict:
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise DataError(f"{run_dir}: not a run directory (no run.json)")
+    return json.loads(path.read_text())
+
+
+def _global_rank() -> int:
+    """This process's rank as the launcher set it (0 outside DDP and in the process that starts the others)."""
+    return getattr(rank_zero_only, "rank", 0)
+
+
+def train(config: RunConfig, *, resume: bool = False, quiet: bool = False) -> Path:
+    """Train the run `config` describes and return its run directory.
+
+    resume: continue from checkpoints/last.ckpt (a finished run is left as it is; no checkpoint = a fresh start).
+    Without it, an existing run directory is refused rather than overwritten.
+    """
+    run_dir = run_dir_of(config).resolve()
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if _global_rank() == 0:
+        info = _prepare_run_dir(config, run_dir, resume)
+        if info.get("status") == "completed":
+            log.info("%s: already completed (best epoch %s)", run_dir, info.get("best_epoch"))
+            return run_dir
+    ckpt_path = last if resume and last.is_file() else None
+    L.seed_everything(config.train.seed, workers=True, verbose=False)
+    datamodule = MoodDataModule(config, pseudo_labels=pseudo_labels_path(config))
+    params = datamodule.store.params
+    module = TaggingModule(
+        config.to_dict(), datamodule.tags, config.model.build_config().to_dict(), params.to_dict(),
+        params.hpcp_frames_per_mel_step,
+    )
+    trainer = _trainer(config, run_dir, quiet)
+    started = time.time()
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except BaseException as err:
+        if trainer.is_global_zero:
+            _update_run_info(run_dir, status="failed", error=f"{type(err).__name__}: {err}")
+        raise
+    if trainer.is_global_zero:
+        _finish_run_info(run_dir, trainer, module, datamodule, time.time() - started)
+    return run_dir
+
+
+def _prepare_run_dir(config: RunConfig, run_dir: Path, resume: bool) -> dict:
+    """Check the run directory against the request; write config.yaml and a `running` run.json. Returns old info."""
+    info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+    if info and not resume:
+        raise ConfigError(f"{run_dir}: run directory exists; pass --resume to continue it or choose another --run-dir")
+    if info:
+        saved = RunConfig.from_dict(_read_yaml(run_dir / "config.yaml"), source=str(run_dir / "config.yaml"))
+        changed = sorted(set(_diff(saved.to_dict(), config.to_dict())) - RESUMABLE_CHANGES)
+        if changed:
+            raise ConfigError(f"{run_dir}: config differs from the run being resumed at {', '.join(changed)}")
+        if info.get("status") == "completed":
+            return info
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
+    _write_run_info(run_dir, {
+        "name": config.name, "status": "running", "seed": config.train.seed, "versions": _versions(),
+        "started": info.get("started", _now()),
+    })
+    return info
+
+
+def _trainer(config: RunConfig, run_dir: Path, quiet: bool) -> L.Trainer:
+    train = config.train
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="best", monitor="val_roc_auc", mode="max", save_top_k=1,
+        save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
+    )
+    early_stopping = EarlyStopping(monitor="val_roc_auc", mode="max", patience=train.patience)
+    if quiet:
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+        logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    # Few or no loader workers is a deliberate choice on small machines, not a mistake to warn about.
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")  # inside Lightning, not ours
+    return L.Trainer(
+        default_root_dir=run_dir, max_epochs=train.max_epochs, accelerator=train.accelerator, devices=train.devices,
+        num_nodes=train.num_nodes, strategy=train.strategy, precision=train.precision, deterministic=True,
+        callbacks=[MetricsCsv(run_dir / "metrics.csv"), early_stopping, checkpoint], logger=False,
+        enable_progress_bar=not quiet, enable_model_summary=not quiet, num_sanity_val_steps=0,
+        limit_train_batches=train.limit_train_batches, limit_val_batches=train.limit_val_batches,
+    )
+
+
+class MetricsCsv(Callback):
+    """Rewrites metrics.csv from the module's history after every validation (rank 0, atomically)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_validation_end(self, trainer, module) -> None:
+        if trainer.is_global_zero and not trainer.sanity_checking:
+            write_metrics_csv(self.path, module.history)
+
+
+def write_metrics_csv(path: Path, history: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def _finish_run_info(run_dir: Path, trainer, module: TaggingModule, datamodule: MoodDataModule, seconds: float):
+    history = module.history
+    scores = [row["val_roc_auc"] for row in history]
+    best = history[int(np.nanargmax(scores))] if history and not all(math.isnan(s) for s in scores) else None
+    early_stopping = next(c for c in trainer.callbacks if isinstance(c, EarlyStopping))
+    _update_run_info(
+        run_dir, status="completed", finished=_now(), train_seconds=round(seconds, 1), epochs=len(history),
+        stopped_early=bool(early_stopping.stopped_epoch), best_epoch=None if best is None else best["epoch"],
+        best={k: best[k] for k in ("val_roc_auc", "val_pr_auc", "val_loss")} if best else None,
+        n_train=len(datamodule.train_tracks), n_validation=len(datamodule.val_tracks),
+        empty_batches=int(sum(row["empty_batches"] for row in history)),
+        feature_hash=datamodule.store.params.hash, tags=len(datamodule.tags),
+    )
+
+
+def _update_run_info(run_dir: Path, **values) -> None:
+    path = run_dir / "run.json"
+    info = json.loads(path.read_text()) if path.is_file() else {}
+    info.update(values)
+    _write_run_info(run_dir, info)
+
+
+def _write_run_info(run_dir: Path, info: dict) -> None:
+    atomic_write_text(run_dir / "run.json", json.dumps(_finite(info), indent=2) + "\n")
+
+
+def _finite(value):
+    """JSON has no NaN: undefined metrics become null."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _versions() -> dict:
+    import lightning
+
+    return {"moodtag": __version__, "torch": torch.__version__, "lightning": lightning.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = set(a) | set(b)
+    out = []
+    for key in keys:
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _diff(x, y, f"{prefix}{key}.")
+        elif x != y:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def load_model(run_dir: str | os.PathLike, *, checkpoint: str = "best") -> tuple[MoodCRNN, RunConfig, list[str]]:
+    """The run's model (eval mode, CPU) rebuilt from checkpoints/<checkpoint>.ckpt alone, its config and tag list."""
+    path = Path(run_dir) / "checkpoints" / f"{checkpoint}.ckpt"
+    if not path.is_file():
+        raise DataError(f"{run_dir}: no {checkpoint} checkpoint at {path}")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    hparams = saved["hyper_parameters"]
+    model = MoodCRNN(CRNNConfig.from_dict(hparams["model_config"]), len(hparams["tags"]))
+    prefix = "model."
+    model.load_state_dict({k[len(prefix):]: v for k, v in saved["state_dict"].items() if k.startswith(prefix)})
+    model.eval()
+    return model, RunConfig.from_dict(hparams["config"], source=str(path)), list(hparams["tags"])
+
+
+def checkpoint_feature_hash(run_dir: str | os.PathLike, *, checkpoint: str = "best") -> str:
+    """Hash of the feature parameters the run was trained with (stores must match it)."""
+    from ..features import FeatureParams
+
+    saved = torch.load(Path(run_dir) / "checkpoints" / f"{checkpoint}.ckpt", map_location="cpu", weights_only=True)
+    return FeatureParams.from_dict(saved["hyper_parameters"]["feature_params"]).hash
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def predict(
+    run_dir: str | os.PathLike,
+    tracks: str | os.PathLike | Sequence[str],
+    store: FeatureStore | str | os.PathLike | None = None,
+    *,
+    batch_size: int | None = None,
+    device: str = "cpu",
+    num_workers: int = 0,
+    progress: bool = False,
+) -> tuple[list[str], np.ndarray]:
+    """Logits (n, n_tags) float32 of the run's best model for a split TSV or a list of track ids.
+
+    store: where the features are (default: the run's training store). Tracks without features are reported in
+    one warning and left out, so the returned track ids may be fewer than those asked for; rows follow their order.
+    Long runs see the first long_steps steps; short runs average the logits of every chunk of each track.
+    """
+    model, config, tags = load_model(run_dir)
+    store = _open(store, config)
+    if store.params.hash != checkpoint_feature_hash(run_dir):
+        raise DataError(f"{store.root}: features were computed with other parameters than run {run_dir} was trained on")
+    if isinstance(tracks, (str, os.PathLike)):
+        track_ids, what = read_split(tracks).track_ids, str(tracks)
+    else:
+        track_ids, what = list(tracks), "tracks to predict"
+    track_set = unlabelled_tracks(track_ids, store, len(tags), what)
+    loader = evaluation_loader(
+        track_set, config.data, use_hpcp=model.config.use_hpcp,
+        hpcp_frames_per_step=store.params.hpcp_frames_per_mel_step, batch_size=batch_size, num_workers=num_workers,
+    )
+    target = resolve_device(device)
+    model.to(target)
+    outputs = []
+    from tqdm import tqdm
+
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc=f"predict {Path(run_dir).name}", unit="batch", disable=not progress):
+            batch = {k: v.to(target) for k, v in batch.items()}
+            outputs.append(track_logits(model, batch, config.data.eval_max_chunks).float().cpu())
+    logits = torch.cat(outputs).numpy() if outputs else np.zeros((0, len(tags)), np.float32)
+    return track_set.track_ids, logits
+
+
+def _open(store, config: RunConfig) -> FeatureStore:
+    if isinstance(store, FeatureStore):
+        return store
+    return open_store(store if store is not None else config.data.path(config.data.features))
+
+
+def split_path(config: RunConfig, split: str) -> tuple[str, Path]:
+    """(name, TSV path) for `train`, `validation`, `test` (the config's splits) or a path to a TSV."""
+    named = {"train": config.data.train_split, "validation": config.data.validation_split, "test": config.data.test_split}
+    if split in named:
+        return split, config.data.path(named[split])
+    path = Path(split)
+    if not path.is_file():
+        raise DataError(f"{split}: not a split name (train, validation, test) nor a TSV file")
+    return path.stem, path
+
+
+def predict_split(
+    run_dir: str | os.PathLike,
+    split: str,
+    *,
+    store: FeatureStore | str | os.PathLike | None = None,
+    data_root: str | os.PathLike | None = None,
+    batch_size: int | None = None,
+    device: str = "cpu",
+    num_workers: int = 0,
+    progress: bool = False,
+) -> dict:
+    """Write predictions/<name>.npy (probabilities), .logits.npy and .csv for a split; returns a summary.
+
+    Tracks without features are left out of the files and listed in predictions/<name>.missing.txt.
+    data_root: where the run's named splits and store are, if they moved since training.
+    """
+    run_dir = Path(run_dir)
+    _, config, tags = load_model(run_dir)
+    if data_root is not None:
+        config.data.root = str(Path(data_root).resolve())
+    name, tsv = split_path(config, split)
+    wanted = read_split(tsv).track_ids
+    track_ids, logits = predict(
+        run_dir, tsv, store if store is not None else config.data.path(config.data.features),
+        batch_size=batch_size, device=device, num_workers=num_workers, progress=progress,
+    )
+    out = run_dir / "predictions"
+    probabilities = torch.sigmoid(torch.from_numpy(logits)).numpy().astype(np.float32)
+    _save_npy(out / f"{name}.npy", probabilities)
+    _save_npy(out / f"{name}.logits.npy", logits.astype(np.float32))
+    _save_csv(out / f"{name}.csv", track_ids, tags, probabilities)
+    missing = sorted(set(wanted) - set(track_ids), key=wanted.index)
+    missing_path = out / f"{name}.missing.txt"
+    if missing:
+        atomic_write_text(missing_path, "\n".join(missing) + "\n")
+    else:
+        missing_path.unlink(missing_ok=True)
+    return {"split": name, "tracks": len(track_ids), "missing": missing, "probabilities": out / f"{name}.npy",
+            "logits": out / f"{name}.logits.npy", "csv": out / f"{name}.csv"}
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+
+def _save_csv(path: Path, track_ids: list[str], tags: list[str], probabilities: np.ndarray) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["track_id", *tags])
+    for track_id, row in zip(track_ids, probabilities):
+        writer.writerow([track_id, *(f"{p:.6g}" for p in row)])
+    atomic_write_text(path, buffer.getvalue())
