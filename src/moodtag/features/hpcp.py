@@ -106,41 +106,59 @@ def _unit_max(profiles: np.ndarray) -> np.ndarray:
 def _spectral_peaks(magnitude: np.ndarray, params: FeatureParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Essentia's PeakDetection (interpolated, ordered by position) on all frames at once.
 
-    Returns flat arrays (frame index, frequency in Hz, amplitude) of the kept peaks, in frame then frequency order.
+    Returns flat arrays (frame index, frequency in Hz, amplitude) of the kept peaks, in no particular order.
     """
     scale = np.float32(params.sample_rate / params.hpcp_frame_size)
     first_bin = int(math.ceil(params.hpcp_min_frequency / scale))
     m = magnitude
-    n_bins = m.shape[1]
-    # Essentia checks the first scanned bin as a peak against its right neighbour only, uninterpolated.
-    boundary = (m[:, first_bin] > m[:, first_bin + 1]) & (m[:, first_bin] > _MAGNITUDE_THRESHOLD)
-    # An interior peak starts where the magnitude rises into bin i and, after a plateau of equal values
-    # ending at bin j (j = i when there is none), falls at j + 1.
-    columns = np.arange(n_bins - 1)
-    change = np.where(m[:, 1:] != m[:, :-1], columns, n_bins)
-    plateau_end = np.minimum.accumulate(change[:, ::-1], axis=1)[:, ::-1]  # j for each i in [0, n_bins - 2]
-    starts = np.arange(first_bin + 1, n_bins - 1)
-    end = plateau_end[:, starts]
-    rows = np.arange(m.shape[0])[:, None]
-    end_in_scan = end < n_bins - 1
-    end_clipped = np.minimum(end, n_bins - 2)
-    is_peak = (
-        (m[:, starts - 1] < m[:, starts])
-        & (m[:, starts] > _MAGNITUDE_THRESHOLD)
-        & end_in_scan
-        & (m[rows, end_clipped + 1] < m[:, starts])
-    )
-    left, centre, right = m[:, starts - 1], m[:, starts], m[:, starts + 1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        delta = np.float32(0.5) * (left - right) / (left - np.float32(2) * centre + right)
-    plateau = end != starts
-    position = np.where(plateau, (starts + end_clipped) * np.float32(0.5), starts + delta)
-    value = np.where(plateau, centre, centre - np.float32(0.25) * (left - right) * delta)
-    position = np.concatenate([np.full((m.shape[0], 1), first_bin, np.float32), position], axis=1)
-    value = np.concatenate([m[:, first_bin : first_bin + 1], value], axis=1)
-    is_peak = np.concatenate([boundary[:, None], is_peak], axis=1)
+    # Essentia checks the first scanned bin against its right neighbour only, and does not interpolate it.
+    (edge_frame,) = np.nonzero((m[:, first_bin] > m[:, first_bin + 1]) & (m[:, first_bin] > _MAGNITUDE_THRESHOLD))
+    left, centre, right = m[:, first_bin:-2], m[:, first_bin + 1 : -1], m[:, first_bin + 2 :]
+    rising = (left < centre) & (centre > _MAGNITUDE_THRESHOLD)
+    frame, column = np.nonzero(rising & (centre > right))
+    peak_bin = column + first_bin + 1
+    l, c, r = m[frame, peak_bin - 1], m[frame, peak_bin], m[frame, peak_bin + 1]
+    delta = np.float32(0.5) * (l - r) / (l - np.float32(2) * c + r)
+    flat_frame, flat_position, flat_value = _plateau_peaks(m, *np.nonzero(rising & (centre == right)), first_bin + 1)
+    frame = np.concatenate([edge_frame, frame, flat_frame])
+    position = np.concatenate([np.full(edge_frame.size, first_bin, np.float32), peak_bin + delta, flat_position])
+    value = np.concatenate([m[edge_frame, first_bin], c - np.float32(0.25) * (l - r) * delta, flat_value])
     frequency = (position * scale).astype(np.float32)
-    is_peak &= frequency <= np.float32(params.hpcp_max_frequency)
-    is_peak &= np.cumsum(is_peak, axis=1) <= params.hpcp_max_peaks
-    frame = np.broadcast_to(rows, is_peak.shape)[is_peak]
-    return frame, frequency[is_peak], value[is_peak].astype(np.float32)
+    keep = frequency <= np.float32(params.hpcp_max_frequency)
+    frame, frequency, value = frame[keep], frequency[keep], value[keep]
+    keep = _first_peaks(frame, frequency, m.shape[0], params.hpcp_max_peaks)
+    return frame[keep], frequency[keep], value[keep]
+
+
+def _plateau_peaks(m: np.ndarray, frame: np.ndarray, column: np.ndarray, offset: int):
+    """Peaks on plateaus (rise into bin i, equal values to bin j, then a fall): at (i + j) / 2 with value m[i].
+
+    Rare in real spectra, so they are found after the common case, walking all plateaus along at once.
+    """
+    start = column + offset
+    end = start + 1
+    last = m.shape[1] - 1
+    open_ = end < last
+    while True:
+        flat = open_ & (m[frame, np.minimum(end + 1, last)] == m[frame, start])
+        if not flat.any():
+            break
+        end = np.where(flat, end + 1, end)
+        open_ = flat & (end < last)
+    # A plateau running to the end of the scanned bins lies far above the maximum frequency: drop it.
+    peak = (end < last) & (m[frame, np.minimum(end + 1, last)] < m[frame, start])
+    position = ((start + end) * np.float32(0.5)).astype(np.float32)
+    return frame[peak], position[peak], m[frame[peak], start[peak]]
+
+
+def _first_peaks(frame: np.ndarray, frequency: np.ndarray, n_frames: int, max_peaks: int) -> np.ndarray:
+    """Mask keeping each frame's first `max_peaks` peaks in frequency order."""
+    keep = np.ones(frame.size, bool)
+    over = np.bincount(frame, minlength=n_frames) > max_peaks
+    if over.any():
+        (crowded,) = np.nonzero(over[frame])
+        order = crowded[np.lexsort((frequency[crowded], frame[crowded]))]
+        first_of_frame = np.searchsorted(frame[order], frame[order], side="left")
+        rank = np.arange(order.size) - first_of_frame
+        keep[order[rank >= max_peaks]] = False
+    return keep
