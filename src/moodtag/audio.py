@@ -1,10 +1,14 @@
 """Decoding, downmixing and resampling: every track enters moodtag through `load_audio`.
 
 The sample rate is part of the model's contract (the paper's features are computed at 44.1 kHz).
+MP3, OGG (Vorbis/Opus), FLAC, WAV and AIFF are decoded by libsndfile (soundfile); M4A/MP4/AAC by PyAV,
+the optional `moodtag[m4a]` extra.
 """
 from __future__ import annotations
 
 import os
+import re
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -16,36 +20,38 @@ SAMPLE_RATE = 44100
 AUDIO_EXTENSIONS = (".mp3", ".ogg", ".oga", ".flac", ".wav", ".aif", ".aiff", ".m4a", ".mp4", ".aac", ".opus")
 PYAV_EXTENSIONS = (".m4a", ".mp4", ".aac")
 
-# Decoding in blocks keeps a multichannel hour-long file from being held twice (interleaved + downmixed).
-_DECODE_BLOCK_FRAMES = 1 << 20
+# Decoding into one reused block buffer keeps a multichannel hour-long file from being held twice.
+_DECODE_BLOCK_FRAMES = 1 << 18
+# Header frame counts can be estimates (MP3) or garbage (corrupt files): never trust them for more than an hour.
+_MAX_PREALLOCATED_SECONDS = 3600
 # libsndfile's Vorbis encoder crashes when handed a long signal in one call.
 _WRITE_BLOCK_FRAMES = 1 << 16
+# libsndfile's wording for "could not open"; the file is known to exist by then, so say what it means.
+_LIBSNDFILE_REASONS = {
+    "Format not recognised": "not an audio file (format not recognised)",
+    "File does not exist or is not a regular file": "not an audio file (no decodable audio stream)",
+    "File contains data in an unimplemented format": "truncated or unsupported audio header",
+    "Supported file format but file is malformed": "malformed or truncated audio file",
+}
 
 
 def load_audio(path: str | os.PathLike, *, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Decode a file to mono float32 at `sample_rate`.
 
     Returns:
-        (n_samples,) float32, channels averaged, resampled with soxr's high-quality filter.
+        (n_samples,) float32, the mean of the channels, resampled with soxr's high-quality filter.
 
     Raises:
-        AudioError: missing, unreadable, empty or undecodable files, naming the file and the reason.
+        AudioError: missing, unreadable, empty, zero-length or undecodable files, naming the file and the reason.
     """
     path = Path(path)
-    if not path.exists():
-        raise AudioError(path, "file not found")
-    if path.is_dir():
-        raise AudioError(path, "is a directory, not an audio file")
-    if not os.access(path, os.R_OK):
-        raise AudioError(path, "permission denied")
-    if path.stat().st_size == 0:
-        raise AudioError(path, "empty file (0 bytes)")
-    if path.suffix.lower() in PYAV_EXTENSIONS:
-        audio, native_rate = _decode_pyav(path)
-    else:
-        audio, native_rate = _decode_soundfile(path)
+    _check_file(path)
+    decode = _decode_pyav if path.suffix.lower() in PYAV_EXTENSIONS else _decode_soundfile
+    audio, native_rate = decode(path)
     if audio.size == 0:
         raise AudioError(path, "no audio samples (zero-length stream)")
+    if not native_rate or native_rate <= 0:
+        raise AudioError(path, f"invalid sample rate {native_rate}")
     if not np.all(np.isfinite(audio)):
         raise AudioError(path, "decoded samples contain NaN or infinity")
     return resample(audio, native_rate, sample_rate)
@@ -60,45 +66,101 @@ def resample(audio: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
     return soxr.resample(audio, orig_rate, target_rate, quality="HQ").astype(np.float32, copy=False)
 
 
+def _check_file(path: Path) -> None:
+    """Turn every way a path can fail to be a readable file into an AudioError with the reason."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        reason = "broken symbolic link" if path.is_symlink() else "file not found"
+        raise AudioError(path, reason) from None
+    except PermissionError:
+        raise AudioError(path, "permission denied") from None
+    except OSError as err:
+        raise AudioError(path, f"cannot access file ({err.strerror})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise AudioError(path, "is a directory, not an audio file")
+    if not stat.S_ISREG(info.st_mode):
+        raise AudioError(path, "not a regular file")
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        raise AudioError(path, "permission denied") from None
+    except OSError as err:
+        raise AudioError(path, f"cannot open file ({err.strerror})") from None
+    if info.st_size == 0:
+        raise AudioError(path, "empty file (0 bytes)")
+
+
 def _decode_soundfile(path: Path) -> tuple[np.ndarray, int]:
     try:
         with sf.SoundFile(path) as f:
-            native_rate = f.samplerate
-            blocks = [block.mean(axis=1) for block in f.blocks(_DECODE_BLOCK_FRAMES, dtype="float32", always_2d=True)]
+            return _read_mono(f), f.samplerate
     except sf.LibsndfileError as err:
-        raise AudioError(path, f"not a readable audio file ({_clean(err)})") from None
-    except RuntimeError as err:
+        raise AudioError(path, _libsndfile_reason(err)) from None
+    except (sf.SoundFileError, RuntimeError) as err:
         raise AudioError(path, f"decoder failure ({_clean(err)})") from None
-    audio = np.concatenate(blocks).astype(np.float32, copy=False) if blocks else np.zeros(0, np.float32)
-    return audio, native_rate
+
+
+def _read_mono(f: sf.SoundFile) -> np.ndarray:
+    """Read every frame of an open file, averaging channels block by block into one growing mono array."""
+    expected = min(max(f.frames, 0), f.samplerate * _MAX_PREALLOCATED_SECONDS)
+    mono = np.empty(expected, dtype=np.float32)
+    buffer = np.empty((_DECODE_BLOCK_FRAMES, f.channels), dtype=np.float32)
+    filled = 0
+    while True:
+        block = f.read(out=buffer)
+        if len(block) == 0:
+            break
+        if filled + len(block) > len(mono):
+            grown = np.empty(max(2 * len(mono), filled + len(block)), dtype=np.float32)
+            grown[:filled] = mono[:filled]
+            mono = grown
+        np.mean(block, axis=1, out=mono[filled : filled + len(block)])
+        filled += len(block)
+    return mono[:filled] if filled == len(mono) else mono[:filled].copy()
 
 
 def _decode_pyav(path: Path) -> tuple[np.ndarray, int]:
     try:
         import av
     except ImportError:
-        raise AudioError(path, "M4A/AAC needs PyAV: pip install 'moodtag[m4a]'") from None
+        raise AudioError(path, "M4A/AAC decoding needs PyAV: pip install 'moodtag[m4a]'") from None
     try:
         with av.open(str(path)) as container:
-            stream = next((s for s in container.streams if s.type == "audio"), None)
-            if stream is None:
+            if not container.streams.audio:
                 raise AudioError(path, "no audio stream in the container")
-            native_rate = stream.rate
+            stream = container.streams.audio[0]
+            # Planar float keeps every channel separate, so the downmix is the plain channel mean.
+            to_float = av.AudioResampler(format="fltp")
             blocks = []
             for frame in container.decode(stream):
-                samples = frame.to_ndarray().astype(np.float32)
-                if frame.format.is_planar:
-                    blocks.append(samples.mean(axis=0))
-                else:
-                    blocks.append(samples.reshape(-1, len(frame.layout.channels)).mean(axis=1))
+                blocks.extend(f.to_ndarray().mean(axis=0) for f in to_float.resample(frame))
+            blocks.extend(f.to_ndarray().mean(axis=0) for f in to_float.resample(None))
+            native_rate = stream.rate
     except av.error.FFmpegError as err:
-        raise AudioError(path, f"decoder failure ({_clean(err)})") from None
-    audio = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+        raise AudioError(path, f"not a decodable audio file ({_pyav_reason(err)})") from None
+    audio = np.concatenate(blocks).astype(np.float32, copy=False) if blocks else np.zeros(0, np.float32)
     return audio, native_rate
 
 
+def _libsndfile_reason(err: sf.LibsndfileError) -> str:
+    message = _clean(getattr(err, "error_string", None) or err).rstrip(".")
+    message = re.sub(r"^Error( opening '.*?')?\s*:\s*", "", message)
+    for known, reason in _LIBSNDFILE_REASONS.items():
+        if message.startswith(known):
+            return reason
+    if message.startswith("Error in "):  # libsndfile's header parsers: "Error in WAV file. No 'data' chunk marker"
+        return f"malformed audio header ({message})"
+    return f"decoder failure ({message})"
+
+
+def _pyav_reason(err: Exception) -> str:
+    return _clean(getattr(err, "strerror", None) or err)
+
+
 def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = SAMPLE_RATE, **kwargs) -> None:
-    """Write (n_samples,) or (n_samples, channels) audio; the format follows the extension (OGG, FLAC, WAV)."""
+    """Write (n_samples,) or (n_samples, channels) audio; the format follows the extension (OGG, FLAC, WAV, MP3)."""
     audio = np.asarray(audio, dtype=np.float32)
     channels = 1 if audio.ndim == 1 else audio.shape[1]
     with sf.SoundFile(path, "w", samplerate=sample_rate, channels=channels, **kwargs) as f:
@@ -106,5 +168,5 @@ def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = S
             f.write(audio[start : start + _WRITE_BLOCK_FRAMES])
 
 
-def _clean(err: Exception) -> str:
+def _clean(err: object) -> str:
     return " ".join(str(err).split())
