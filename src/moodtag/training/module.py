@@ -6,6 +6,7 @@ metrics of a DDP run equal those of a single process (never an average of per-ra
 """
 from __future__ import annotations
 
+import random
 import time
 
 import lightning as L
@@ -164,6 +165,35 @@ class TaggingModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["moodtag_history"] = list(self.history)
+        checkpoint["moodtag_rng"] = rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("moodtag_history", []))
+        # A resumed single-process run continues the random stream exactly where the checkpoint left it (masks,
+        # shuffling, chunk choice), so a killed run ends as an uninterrupted one would. Under DDP the checkpoint
+        # holds rank 0's state only, so each rank keeps its fresh seed instead.
+        if "moodtag_rng" in checkpoint and self.trainer.world_size == 1:
+            set_rng_state(checkpoint["moodtag_rng"])
+
+
+def rng_state() -> dict:
+    """The global random states (Python, NumPy, torch CPU and CUDA) as checkpoint-safe values."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.copy()), position, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

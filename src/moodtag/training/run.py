@@ -78,11 +78,14 @@ def _global_rank() -> int:
     return getattr(rank_zero_only, "rank", 0)
 
 
-def train(config: RunConfig, *, resume: bool = False, quiet: bool = False) -> Path:
+def train(
+    config: RunConfig, *, resume: bool = False, quiet: bool = False, callbacks: Sequence[Callback] = ()
+) -> Path:
     """Train the run `config` describes and return its run directory.
 
     resume: continue from checkpoints/last.ckpt (a finished run is left as it is; no checkpoint = a fresh start).
     Without it, an existing run directory is refused rather than overwritten.
+    callbacks: extra Lightning callbacks (progress reporting, tests that interrupt a run).
     """
     run_dir = run_dir_of(config).resolve()
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -99,7 +102,7 @@ def train(config: RunConfig, *, resume: bool = False, quiet: bool = False) -> Pa
         config.to_dict(), datamodule.tags, config.model.build_config().to_dict(), params.to_dict(),
         params.hpcp_frames_per_mel_step,
     )
-    trainer = _trainer(config, run_dir, quiet)
+    trainer = _trainer(config, run_dir, quiet, callbacks)
     started = time.time()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -133,12 +136,14 @@ def _prepare_run_dir(config: RunConfig, run_dir: Path, resume: bool) -> dict:
     return info
 
 
-def _trainer(config: RunConfig, run_dir: Path, quiet: bool) -> L.Trainer:
+def _trainer(config: RunConfig, run_dir: Path, quiet: bool, callbacks: Sequence[Callback] = ()) -> L.Trainer:
     train = config.train
-    checkpoint = ModelCheckpoint(
+    best = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor="val_roc_auc", mode="max", save_top_k=1,
-        save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
+        auto_insert_metric_name=False, enable_version_counter=False,
     )
+    # Its own callback: ModelCheckpoint(save_last=True) only refreshes last.ckpt in epochs that improved the best.
+    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1, enable_version_counter=False)
     early_stopping = EarlyStopping(monitor="val_roc_auc", mode="max", patience=train.patience)
     if quiet:
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -146,10 +151,11 @@ def _trainer(config: RunConfig, run_dir: Path, quiet: bool) -> L.Trainer:
     # Few or no loader workers is a deliberate choice on small machines, not a mistake to warn about.
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")  # inside Lightning, not ours
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")  # resuming
     return L.Trainer(
         default_root_dir=run_dir, max_epochs=train.max_epochs, accelerator=train.accelerator, devices=train.devices,
         num_nodes=train.num_nodes, strategy=train.strategy, precision=train.precision, deterministic=True,
-        callbacks=[MetricsCsv(run_dir / "metrics.csv"), early_stopping, checkpoint], logger=False,
+        callbacks=[MetricsCsv(run_dir / "metrics.csv"), early_stopping, best, last, *callbacks], logger=False,
         enable_progress_bar=not quiet, enable_model_summary=not quiet, num_sanity_val_steps=0,
         limit_train_batches=train.limit_train_batches, limit_val_batches=train.limit_val_batches,
     )

@@ -1,0 +1,271 @@
+"""Training end to end on tiny synthetic stores: overfitting, early stopping, resume, masked loss, chunk averaging."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from moodtag.config import RunConfig
+from moodtag.data.splits import Split, write_split
+from moodtag.features import FeatureParams, TrackFeatures
+from moodtag.store import FeatureStore
+
+TAGS = ["mood/theme---calm", "mood/theme---dark", "mood/theme---happy"]
+
+
+def make_corpus(root: Path, *, n_train: int = 16, n_validation: int = 12, n_test: int = 6, seed: int = 0,
+                steps: tuple[int, int] = (60, 200), missing: int = 0, mislabel_validation: bool = False) -> Path:
+    """A corpus in the synthetic layout whose tags are written into the features.
+
+    Tag k raises mel bins [32k, 32k + 24) and HPCP bin 3k; every track has at least one tag. `missing` extra train
+    tracks are listed in the split but have no features. `mislabel_validation` lists each validation track with the
+    complement of the tags its features show, so learning the training set makes validation scores worse.
+    """
+    rng = np.random.default_rng(seed)
+    params = FeatureParams()
+    store = FeatureStore.create(root / "features", params)
+    (root / "tags.txt").write_text("\n".join(TAGS) + "\n")
+    ratio = params.hpcp_frames_per_mel_step
+    for split, count in (("train", n_train), ("validation", n_validation), ("test", n_test)):
+        rows = Split([], [], [], [], [], [])
+        for i in range(count + (missing if split == "train" else 0)):
+            track_id = f"{split}_{i:03d}"
+            labels = rng.random(len(TAGS)) < 0.4
+            labels[i % len(TAGS)] = True
+            n_steps = int(rng.integers(*steps))
+            if i < count:
+                mel = rng.random((128, n_steps)) * 0.2
+                hpcp = rng.random((12, round(n_steps * ratio))) * 0.2
+                for k in np.flatnonzero(labels):
+                    mel[32 * k : 32 * k + 24] += 0.6
+                    hpcp[3 * k] += 0.6
+                store.write(track_id, TrackFeatures(mel, hpcp, n_steps * params.mel_step_seconds, 44100, params.hash))
+            for column, value in zip((rows.track_ids, rows.artist_ids, rows.album_ids, rows.paths, rows.durations),
+                                     (track_id, f"artist_{i}", f"album_{i}", f"{track_id}.ogg", 10.0)):
+                column.append(value)
+            if split == "validation" and mislabel_validation:
+                labels = ~labels
+            rows.tags.append([TAGS[k] for k in np.flatnonzero(labels)])
+        write_split(root / "splits" / f"{split}.tsv", rows)
+    return root
+
+
+def tiny_config(root: Path, run_dir: Path, **sections) -> RunConfig:
+    values = {
+        "name": "tiny", "run_dir": str(run_dir),
+        "data": {"root": str(root), "mode": "long", "long_steps": 128, "batch_size": 8},
+        "model": {"preset": "tiny"},
+        "train": {"max_epochs": 3, "patience": 5, "lr": 3e-3, "accelerator": "cpu"},
+    }
+    for section, update in sections.items():
+        values[section] = {**values.get(section, {}), **update} if isinstance(update, dict) else update
+    return RunConfig.from_dict(values)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and the CI machine's two cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    import csv
+
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+# --- loss ---------------------------------------------------------------------------------------------------------
+
+def test_masked_bce_matches_hand_computation_and_ignores_nan():
+    from moodtag.training.module import masked_bce_with_logits
+
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]])
+    targets = torch.tensor([[1.0, float("nan"), 0.0], [float("nan"), 1.0, float("nan")]])
+    loss, n_known = masked_bce_with_logits(logits, targets)
+
+    def bce(x, y):
+        p = 1 / (1 + np.exp(-x))
+        return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+    expected = (bce(2.0, 1) + bce(0.5, 0) + bce(3.0, 1)) / 3
+    assert int(n_known) == 3
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    # Changing an unknown entry's logit changes nothing.
+    logits2 = logits.clone()
+    logits2[0, 1] = -50.0
+    assert float(masked_bce_with_logits(logits2, targets)[0]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_masked_bce_equals_bce_with_logits_without_nan(rng):
+    from moodtag.training.module import masked_bce_with_logits
+
+    logits = torch.from_numpy(rng.normal(size=(5, 4)).astype(np.float32))
+    targets = torch.from_numpy((rng.random((5, 4)) < 0.5).astype(np.float32))
+    loss, _ = masked_bce_with_logits(logits, targets)
+    assert float(loss) == pytest.approx(float(torch.nn.BCEWithLogitsLoss()(logits, targets)), rel=1e-6)
+
+
+def test_masked_bce_all_unknown_is_zero_with_zero_gradient():
+    from moodtag.training.module import masked_bce_with_logits
+
+    logits = torch.randn(3, 4, requires_grad=True)
+    loss, n_known = masked_bce_with_logits(logits, torch.full((3, 4), float("nan")))
+    loss.backward()
+    assert int(n_known) == 0 and float(loss.detach()) == 0.0
+    assert torch.equal(logits.grad, torch.zeros(3, 4))
+
+
+# --- short-mode evaluation ----------------------------------------------------------------------------------------
+
+def test_short_mode_evaluation_averages_chunk_logits(corpus):
+    from moodtag.data.datamodule import evaluation_loader
+    from moodtag.data.datasets import labelled_tracks
+    from moodtag.models import MODEL_PRESETS, MoodCRNN
+    from moodtag.training.module import track_logits
+
+    torch.manual_seed(0)
+    model = MoodCRNN(MODEL_PRESETS["tiny"], len(TAGS)).eval()
+    store = FeatureStore(corpus / "features")
+    tracks = labelled_tracks(corpus / "splits" / "validation.tsv", store, TAGS)
+    config = tiny_config(corpus, corpus / "unused", data={"mode": "short", "chunk_steps": 40})
+    loader = evaluation_loader(tracks, config.data, use_hpcp=True, hpcp_frames_per_step=2.5, batch_size=4)
+    with torch.no_grad():
+        got = torch.cat([track_logits(model, batch, max_chunks=3) for batch in loader]).numpy()
+    for row, track_id in enumerate(tracks.track_ids):
+        features = store.load(track_id)
+        mel, hpcp = features.mel.astype(np.float32), features.hpcp.astype(np.float32)
+        n_chunks = max(1, mel.shape[1] // 40)
+        chunk_logits = []
+        for c in range(n_chunks):
+            m = np.zeros((128, 40), np.float32)
+            piece = mel[:, 40 * c : 40 * c + 40]
+            m[:, : piece.shape[1]] = piece
+            h = np.zeros((12, 100), np.float32)
+            piece = hpcp[:, 100 * c : 100 * c + 100]
+            h[:, : piece.shape[1]] = piece
+            with torch.no_grad():
+                chunk_logits.append(model(torch.from_numpy(m)[None], torch.from_numpy(h)[None])[0].numpy())
+        np.testing.assert_allclose(got[row], np.mean(chunk_logits, axis=0), rtol=1e-4, atol=1e-5)
+
+
+# --- training end to end ------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_tiny_model_overfits_tiny_set_and_predictions_come_from_best_checkpoint(corpus, tmp_path):
+    from moodtag.training.module import macro_scores
+    from moodtag.training.run import load_model, predict, predict_split, train
+
+    config = tiny_config(corpus, tmp_path / "run", data={"validation_split": "splits/train.tsv"},
+                         train={"max_epochs": 8, "lr": 1e-2})
+    run_dir = train(config, quiet=True)
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "completed"
+    assert info["best"]["val_roc_auc"] >= 0.95
+
+    track_ids, logits = predict(run_dir, corpus / "splits" / "train.tsv")
+    split_targets = np.array([[tag in tags for tag in TAGS] for tags in _split_tags(corpus / "splits" / "train.tsv")])
+    roc_auc, _ = macro_scores(split_targets.astype(np.float32), 1 / (1 + np.exp(-logits)))
+    assert roc_auc == pytest.approx(info["best"]["val_roc_auc"], abs=1e-6)
+
+    predict_split(run_dir, "test")
+    probabilities = np.load(run_dir / "predictions" / "test.npy")
+    test_logits = np.load(run_dir / "predictions" / "test.logits.npy")
+    assert probabilities.shape == (6, len(TAGS)) and probabilities.dtype == np.float32
+    np.testing.assert_allclose(test_logits, predict(run_dir, corpus / "splits" / "test.tsv")[1], rtol=1e-6)
+    np.testing.assert_allclose(probabilities, 1 / (1 + np.exp(-test_logits)), rtol=1e-5)
+    lines = (run_dir / "predictions" / "test.csv").read_text().splitlines()
+    assert lines[0].split(",") == ["track_id", *TAGS] and lines[1].startswith("test_000,")
+    model, loaded_config, tags = load_model(run_dir)
+    assert tags == TAGS and loaded_config.name == "tiny" and not model.training
+
+
+def _split_tags(path: Path) -> list[list[str]]:
+    from moodtag.data.splits import read_split
+
+    return read_split(path).tags
+
+
+@pytest.mark.slow
+def test_early_stopping_keeps_and_restores_the_best_epoch(tmp_path):
+    from moodtag.training.run import load_model, predict, train
+
+    corpus = make_corpus(tmp_path / "corpus", mislabel_validation=True)
+    config = tiny_config(corpus, tmp_path / "run", train={"max_epochs": 12, "patience": 2, "lr": 1e-2})
+    run_dir = train(config, quiet=True)
+    info = json.loads((run_dir / "run.json").read_text())
+    rows = read_metrics(run_dir)
+    scores = [float(row["val_roc_auc"]) for row in rows]
+    assert info["stopped_early"] and len(rows) < 12
+    assert info["best_epoch"] == int(np.argmax(scores)) and info["best_epoch"] < len(rows) - 1
+    assert len(rows) == info["best_epoch"] + 1 + 2  # stopped after `patience` epochs without improvement
+    assert torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)["epoch"] == info["best_epoch"]
+
+    _, best_logits = predict(run_dir, corpus / "splits" / "validation.tsv")
+    last_model, _, _ = load_model(run_dir, checkpoint="last")
+    best_model, _, _ = load_model(run_dir)
+    batch = _long_batch(corpus, "validation_000", 128)
+    with torch.no_grad():
+        np.testing.assert_allclose(best_logits[0], best_model(*batch)[0].numpy(), rtol=1e-5, atol=1e-6)
+        assert not np.allclose(best_logits[0], last_model(*batch)[0].numpy(), atol=1e-4)
+
+
+def _long_batch(corpus: Path, track_id: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    features = FeatureStore(corpus / "features").load(track_id)
+    mel = np.zeros((128, steps), np.float32)
+    hpcp = np.zeros((12, round(steps * 2.5)), np.float32)
+    mel[:, : min(steps, features.mel.shape[1])] = features.mel[:, :steps]
+    hpcp[:, : min(hpcp.shape[1], features.hpcp.shape[1])] = features.hpcp[:, : hpcp.shape[1]]
+    return torch.from_numpy(mel)[None], torch.from_numpy(hpcp)[None]
+
+
+class _Kill(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_resume_continues_from_the_saved_epoch(corpus, tmp_path):
+    from lightning.pytorch.callbacks import Callback
+
+    from moodtag.errors import ConfigError
+    from moodtag.training.run import train
+
+    class KillAfterEpoch(Callback):
+        def on_train_epoch_start(self, trainer, module):
+            if trainer.current_epoch == 2:
+                raise _Kill()
+
+    config = tiny_config(corpus, tmp_path / "run", train={"max_epochs": 4, "patience": 10})
+    with pytest.raises(_Kill):
+        train(config, quiet=True, callbacks=[KillAfterEpoch()])
+    run_dir = tmp_path / "run"
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
+    assert [row["epoch"] for row in read_metrics(run_dir)] == ["0", "1"]
+    with pytest.raises(ConfigError, match="--resume"):
+        train(config, quiet=True)
+
+    train(config, quiet=True, resume=True)
+    rows = read_metrics(run_dir)
+    assert [row["epoch"] for row in rows] == ["0", "1", "2", "3"]
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "completed" and info["epochs"] == 4
+
+    fresh = tiny_config(corpus, tmp_path / "fresh", train={"max_epochs": 4, "patience": 10})
+    train(fresh, quiet=True)
+    # The random stream is restored too: the resumed run ends exactly as an uninterrupted one.
+    uninterrupted = read_metrics(tmp_path / "fresh")
+    for column in ("train_loss", "val_loss", "val_roc_auc"):
+        assert [row[column] for row in uninterrupted] == [row[column] for row in rows]
+    with pytest.raises(ConfigError, match="train.lr"):
+        train(tiny_config(corpus, tmp_path / "run", train={"max_epochs": 4, "patience": 10, "lr": 1.0}), resume=True)
