@@ -1,0 +1,166 @@
+"""`--shard i/N` runs joined by `moodtag merge`: the merged result equals the unsharded run, and parts that do not
+cover the tracks exactly once are refused with every offending track named."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from moodtag.cli import main as moodtag
+from moodtag.errors import DataError
+from moodtag.merge import MergeError, check_coverage, merge, merge_rows, write_part
+
+from scaling_helpers import TAGS, make_corpus, tiny_config
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --- coverage and row files ---------------------------------------------------------------------------------------
+
+def test_check_coverage_lists_every_duplicate_missing_and_unexpected_track():
+    owners = {"a": ["p0"], "b": ["p0", "p1"], "c": ["p1", "p2"], "x": ["p2"]}
+    with pytest.raises(MergeError) as caught:
+        check_coverage(owners, expected=["a", "b", "c", "d", "e"])
+    err = caught.value
+    assert err.duplicates == {"b": ["p0", "p1"], "c": ["p1", "p2"]}
+    assert err.missing == ["d", "e"] and err.unexpected == ["x"]
+    message = str(err)
+    for text in ("2 tracks in more than one part", "b (p0, p1)", "c (p1, p2)", "2 tracks of the split in no part: d, e",
+                 "1 tracks not in the split: x"):
+        assert text in message
+    check_coverage({"a": ["p0"], "b": ["p1"]}, expected=["b", "a"])
+
+
+def test_check_coverage_checks_stated_shards():
+    owners = {"a": ["p0"], "b": ["p1"]}
+    with pytest.raises(MergeError, match=r"shard 0/3 given twice: p0, p1; 2 of 3 shards have no part: 1/3, 2/3"):
+        check_coverage(owners, shards={"p0": (0, 3), "p1": (0, 3)})
+    with pytest.raises(MergeError, match="different shard counts"):
+        check_coverage(owners, shards={"p0": (0, 2), "p1": (1, 3)})
+    check_coverage(owners, shards={"p0": (1, 2), "p1": (0, 2), "chunk": None})
+
+
+def test_merge_rows_orders_by_split_and_keeps_missing_feature_tracks_out(tmp_path, rng):
+    ids = [f"t{i}" for i in range(7)]
+    logits = rng.normal(size=(7, 3)).astype(np.float32)
+    write_part(tmp_path / "b.npz", [ids[i] for i in (5, 1, 3)], tags=TAGS, missing=["t6"], shard=(1, 2),
+               logits=logits[[5, 1, 3]])
+    write_part(tmp_path / "a.npz", [ids[i] for i in (4, 0, 2)], tags=TAGS, shard=(0, 2), logits=logits[[4, 0, 2]])
+    merged = merge_rows([tmp_path / "b.npz", tmp_path / "a.npz"], expected=ids)
+    assert merged.track_ids == ids[:6] and merged.missing == ["t6"] and merged.tags == TAGS
+    np.testing.assert_array_equal(merged.rows["logits"], logits[:6])
+    # Without a split the rows keep the parts' order.
+    assert merge_rows([tmp_path / "a.npz", tmp_path / "b.npz"]).track_ids == ["t4", "t0", "t2", "t5", "t1", "t3"]
+
+
+def test_merge_rows_refuses_duplicates_missing_tracks_and_other_tags(tmp_path):
+    write_part(tmp_path / "a.npz", ["t0", "t1", "t2"], tags=TAGS, logits=np.zeros((3, 3)))
+    write_part(tmp_path / "b.npz", ["t2", "t1"], tags=TAGS, logits=np.zeros((2, 3)))
+    with pytest.raises(MergeError) as caught:
+        merge_rows([tmp_path / "a.npz", tmp_path / "b.npz"], expected=["t0", "t1", "t2", "t3"])
+    assert set(caught.value.duplicates) == {"t1", "t2"} and caught.value.missing == ["t3"]
+    write_part(tmp_path / "c.npz", ["t3"], tags=TAGS[::-1], logits=np.zeros((1, 3)))
+    with pytest.raises(DataError, match="tags differ"):
+        merge_rows([tmp_path / "a.npz", tmp_path / "c.npz"])
+    write_part(tmp_path / "d.npz", ["t3"], tags=TAGS, probabilities=np.zeros((1, 3)))
+    with pytest.raises(DataError, match="has arrays"):
+        merge_rows([tmp_path / "a.npz", tmp_path / "d.npz"])
+
+
+def test_merge_cli_reports_every_problem_and_writes_nothing(tmp_path, capsys, caplog):
+    from moodtag.data.splits import Split, write_split
+
+    write_split(tmp_path / "split.tsv", Split(["t0", "t1", "t2"], ["a"] * 3, ["b"] * 3, ["x"] * 3, [1.0] * 3, [[]] * 3))
+    write_part(tmp_path / "a.npz", ["t0", "t1"], tags=TAGS, logits=np.zeros((2, 3)))
+    write_part(tmp_path / "b.npz", ["t1"], tags=TAGS, logits=np.zeros((1, 3)))
+    out = tmp_path / "merged.npy"
+    status = moodtag(["merge", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--out", str(out),
+                      "--split", str(tmp_path / "split.tsv")])
+    assert status == 2 and not out.exists() and not out.with_suffix(".csv").exists()
+    assert "moodtag: error: 1 tracks in more than one part: t1" in capsys.readouterr().err
+    messages = [record.getMessage() for record in caplog.records]
+    assert "missing: t2" in messages and any(m.startswith("duplicate: t1 in") for m in messages)
+
+
+# --- extraction ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def audio_folder(tmp_path_factory) -> Path:
+    from moodtag.audio import write_audio
+
+    folder = tmp_path_factory.mktemp("audio")
+    rng = np.random.default_rng(3)
+    t = np.arange(int(1.2 * 44100)) / 44100
+    (folder / "sub").mkdir()
+    for i in range(6):
+        tone = 0.3 * np.sin(2 * np.pi * 110 * 2 ** (i / 12) * t) + 0.01 * rng.standard_normal(len(t))
+        write_audio(folder / ("sub" if i % 2 else "") / f"track{i}.wav", tone.astype(np.float32), 44100)
+    (folder / "broken.wav").write_bytes(b"RIFF not really a wave file")
+    return folder
+
+
+def store_arrays(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    from moodtag.store import FeatureStore
+
+    store = FeatureStore(root)
+    return {t: (store.load(t).mel, store.load(t).hpcp) for t in store.track_ids()}
+
+
+def folder_split(folder: Path, path: Path) -> Path:
+    """A split TSV listing every audio file of `folder` under its relative path (the id `extract` gives it)."""
+    from moodtag.data.splits import Split, write_split
+
+    ids = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.wav"))
+    write_split(path, Split(ids, ["a"] * len(ids), ["b"] * len(ids), ids, [1.2] * len(ids), [[] for _ in ids]))
+    return path
+
+
+@pytest.mark.slow
+def test_sharded_extraction_merged_equals_unsharded(audio_folder, tmp_path):
+    from moodtag.extract import extract
+    from moodtag.store import FeatureStore
+
+    extract(audio_folder, tmp_path / "all", quiet=True)
+    for i in range(2):
+        extract(audio_folder, tmp_path / f"shard{i}", shard=(i, 2), quiet=True)
+    shard_ids = [set(FeatureStore(tmp_path / f"shard{i}").track_ids()) for i in range(2)]
+    assert shard_ids[0] and shard_ids[1] and not shard_ids[0] & shard_ids[1]
+
+    out = tmp_path / "merged"
+    assert moodtag(["merge", str(tmp_path / "shard0"), str(tmp_path / "shard1"), "--out", str(out), "--quiet"]) == 0
+    expected, merged = store_arrays(tmp_path / "all"), store_arrays(out)
+    assert sorted(merged) == sorted(expected) and len(merged) == 6
+    for track_id, (mel, hpcp) in expected.items():
+        np.testing.assert_array_equal(merged[track_id][0], mel)
+        np.testing.assert_array_equal(merged[track_id][1], hpcp)
+    index = FeatureStore(out).index()
+    assert sorted(index) == sorted(expected) and all(r.status == "ok" for r in index.values())
+    # A rerun (e.g. after a kill) finds everything in place and copies nothing.
+    assert merge([tmp_path / "shard0", tmp_path / "shard1"], out)["copied"] == 0
+
+
+@pytest.mark.slow
+def test_merging_stores_names_failed_missing_and_duplicate_tracks(audio_folder, tmp_path):
+    from moodtag.extract import extract
+
+    split = folder_split(audio_folder, tmp_path / "all.tsv")
+    for i in range(2):
+        extract(audio_folder, tmp_path / f"shard{i}", shard=(i, 2), quiet=True)
+    parts = [tmp_path / "shard0", tmp_path / "shard1"]
+    with pytest.raises(MergeError) as caught:
+        merge(parts, tmp_path / "out", split=split)
+    assert caught.value.missing == ["broken.wav"] and "broken.wav (failed: " in str(caught.value)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(MergeError, match=r"1 of 2 shards have no part: \d/2"):
+        merge(parts[:1], tmp_path / "out")
+    with pytest.raises(MergeError) as caught:
+        merge([*parts, parts[0]], tmp_path / "out")
+    assert len(caught.value.duplicates) == len(store_arrays(parts[0]))
