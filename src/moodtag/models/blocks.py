@@ -1,4 +1,4 @@
-"""Building blocks of the CRNN branches: GeM pooling, the residual ConvBlock and the noisy student's StochasticConvBlock.
+"""Blocks of the CRNN branches: GeM pooling, the residual ConvBlock and the noisy student's StochasticConvBlock.
 
 All blocks take and return feature maps shaped (batch, channels, frequency, time).
 """

@@ -77,7 +77,8 @@ class CRNNConfig:
             raise ConfigError(f"model config: gru_pool must be one of {GRU_POOLS}, got {self.gru_pool!r}")
         if isinstance(self.stochastic_blocks, bool) or not isinstance(self.stochastic_blocks, int) \
                 or self.stochastic_blocks < 0:
-            raise ConfigError(f"model config: stochastic_blocks must be an integer >= 0, got {self.stochastic_blocks!r}")
+            raise ConfigError("model config: stochastic_blocks must be an integer >= 0, "
+                              f"got {self.stochastic_blocks!r}")
         for name in ("dropout", "stochastic_drop_prob", "stochastic_dropout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
