@@ -25,7 +25,8 @@ import yaml
 
 from .errors import ConfigError
 
-Precision = Literal["32", "bf16-mixed", "16-mixed"]
+# "auto" picks per hardware at train time (moodtag.training.precision.best_precision).
+Precision = Literal["auto", "32", "bf16-mixed", "16-mixed"]
 
 
 @dataclasses.dataclass

@@ -21,7 +21,9 @@ def register(subparsers) -> None:
     parser.add_argument("--devices", help="devices per node, a number or 'auto' (overrides train.devices)")
     parser.add_argument("--num-nodes", type=int, help="overrides train.num_nodes")
     parser.add_argument("--strategy", help="Lightning strategy, e.g. ddp (overrides train.strategy)")
-    parser.add_argument("--precision", choices=("32", "bf16-mixed", "16-mixed"), help="overrides train.precision")
+    parser.add_argument("--precision", choices=("auto", "32", "bf16-mixed", "16-mixed"),
+                        help="overrides train.precision; auto = bf16-mixed where the hardware has bf16, 16-mixed on "
+                             "older GPUs, else 32")
 
 
 def run(args) -> int:

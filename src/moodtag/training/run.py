@@ -38,6 +38,7 @@ from ..errors import ConfigError, DataError
 from ..models import CRNNConfig, MoodCRNN
 from ..store import FeatureStore
 from .module import METRIC_COLUMNS, TaggingModule, track_logits
+from .precision import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +153,10 @@ def _trainer(config: RunConfig, run_dir: Path, quiet: bool, callbacks: Sequence[
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")  # inside Lightning, not ours
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")  # resuming
+    precision = resolve_precision(train.precision, train.accelerator)
     return L.Trainer(
         default_root_dir=run_dir, max_epochs=train.max_epochs, accelerator=train.accelerator, devices=train.devices,
-        num_nodes=train.num_nodes, strategy=train.strategy, precision=train.precision, deterministic=True,
+        num_nodes=train.num_nodes, strategy=train.strategy, precision=precision, deterministic=True,
         callbacks=[MetricsCsv(run_dir / "metrics.csv"), early_stopping, best, last, *callbacks], logger=False,
         enable_progress_bar=not quiet, enable_model_summary=not quiet, num_sanity_val_steps=0,
         limit_train_batches=train.limit_train_batches, limit_val_batches=train.limit_val_batches,
