@@ -49,7 +49,7 @@ def load_audio(path: str | os.PathLike, *, sample_rate: int = SAMPLE_RATE) -> np
     decode = _decode_pyav if path.suffix.lower() in PYAV_EXTENSIONS else _decode_soundfile
     audio, native_rate = decode(path)
     if audio.size == 0:
-        raise AudioError(path, "no audio samples (zero-length stream)")
+        raise AudioError(path, "no audio samples (zero-length or truncated stream)")
     if not native_rate or native_rate <= 0:
         raise AudioError(path, f"invalid sample rate {native_rate}")
     if not np.all(np.isfinite(audio)):

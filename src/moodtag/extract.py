@@ -229,7 +229,7 @@ def _pool_results(tracks: list[Track], workers: int, task) -> Iterator[IndexReco
                         continue
                     crashes[track.track_id] += 1
                     if crashes[track.track_id] >= _MAX_WORKER_CRASHES:
-                        yield _failed(track, "worker process died while extracting this file (decoder crash or out of memory)")
+                        yield _failed(track, "worker process died on this file (decoder crash or out of memory)")
                     else:
                         queue.appendleft(track)
 
@@ -254,7 +254,9 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def _shard_from_environment() -> tuple[int, int]:
-    for rank, size in (("RANK", "WORLD_SIZE"), ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT"), ("SLURM_PROCID", "SLURM_NTASKS")):
+    launchers = (("RANK", "WORLD_SIZE"), ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT"),
+                 ("SLURM_PROCID", "SLURM_NTASKS"))
+    for rank, size in launchers:
         if rank in os.environ and size in os.environ:
             offset = int(os.environ.get("SLURM_ARRAY_TASK_MIN", 0)) if rank == "SLURM_ARRAY_TASK_ID" else 0
             return _check_shard((int(os.environ[rank]) - offset, int(os.environ[size])))

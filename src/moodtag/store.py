@@ -34,7 +34,9 @@ from .features import FeatureParams, TrackFeatures
 FEATURE_SUFFIX = ".npz"
 # atomic_path names its temporary files ".<name>.<random>.tmp" beside the target.
 TEMP_SUFFIX = ".tmp"
-INDEX_COLUMNS = ("track_id", "status", "mel_steps", "hpcp_frames", "duration", "feature_hash", "source", "reason", "time")
+INDEX_COLUMNS = (
+    "track_id", "status", "mel_steps", "hpcp_frames", "duration", "feature_hash", "source", "reason", "time"
+)
 FAILURE_COLUMNS = ("file", "reason", "track_id")
 _FORBIDDEN_CHARACTERS = ("\t", "\n", "\r", "\0", "\\")
 
