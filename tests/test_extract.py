@@ -308,3 +308,21 @@ def test_a_30_minute_track_needs_less_than_1_gb(tmp_path):
     print(f"30-minute track: peak RSS {peak / 2**30:.2f} GiB, {growth_gib:.2f} GiB above the imports")
     assert growth_gib < 1.0
     assert FeatureStore(tmp_path / "store").index()["long.wav"].mel_steps == -(-(1 + minutes * 60 * 44100 // 512) // 10)
+
+
+def _exit_on_crash_tracks(track):
+    """A task whose worker process dies outright on tracks named 'crash', as a segfaulting decoder would."""
+    if "crash" in track.track_id:
+        os._exit(11)
+    return track.track_id
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_costs_only_its_own_track(tmp_path):
+    from moodtag.extract import Track, _pool_results
+
+    tracks = [Track(name, tmp_path / name) for name in ("a.wav", "crash.wav", "b.wav", "c.wav")]
+    results = list(_pool_results(tracks, 1, _exit_on_crash_tracks))
+    assert sorted(r for r in results if isinstance(r, str)) == ["a.wav", "b.wav", "c.wav"]
+    [failed] = [r for r in results if not isinstance(r, str)]
+    assert (failed.track_id, failed.status) == ("crash.wav", "failed") and "worker process died" in failed.reason
