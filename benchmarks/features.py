@@ -121,7 +121,7 @@ def run(tracks: list[Path]) -> None:
     if essentia_hpcp:
         print("\nHPCP agreement with Essentia:")
         for name, value in hpcp_agreement(ours_hpcp, essentia_hpcp).items():
-            print(f"  {name:40s} {value:.6g}")
+            print(f"  {name:40s} {value:.10g}")
 
 
 def _as_stored(features) -> None:
