@@ -215,6 +215,8 @@ def _read_with_extends(path: Path, seen: tuple[Path, ...]) -> dict:
     base_name = values.pop("extends", None)
     if base_name is None:
         return values
+    if not isinstance(base_name, str) or not (path.parent / base_name).is_file():
+        raise ConfigError(f"{path}: extends {base_name!r}: config file not found")
     base = _read_with_extends(path.parent / base_name, seen + (path.resolve(),))
     return _merge(base, values)
 

@@ -38,9 +38,12 @@ def training_dataset(tracks: TrackSet, data: DataConfig, *, use_hpcp: bool, hpcp
 
 def evaluation_loader(
     tracks: TrackSet, data: DataConfig, *, use_hpcp: bool, hpcp_frames_per_step: float, batch_size: int | None = None,
-    num_workers: int | None = None,
+    num_workers: int | None = None, persistent_workers: bool = False,
 ) -> DataLoader:
-    """Tracks in order, batched for evaluation: long crops, or every chunk of each track in short mode."""
+    """Tracks in order, batched for evaluation: long crops, or every chunk of each track in short mode.
+
+    persistent_workers: keep worker processes between passes (validation every epoch), not for one-off prediction.
+    """
     common = dict(use_hpcp=use_hpcp, hpcp_frames_per_step=hpcp_frames_per_step)
     if data.mode == "long":
         dataset, collate = LongDataset(tracks, long_steps=data.long_steps, **common), None
@@ -49,7 +52,7 @@ def evaluation_loader(
     workers = data.num_workers if num_workers is None else num_workers
     return DataLoader(
         dataset, batch_size=batch_size or data.eval_batch_size, shuffle=False, collate_fn=collate,
-        num_workers=workers, persistent_workers=workers > 0,
+        num_workers=workers, persistent_workers=persistent_workers and workers > 0,
     )
 
 
@@ -101,5 +104,6 @@ class MoodDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return evaluation_loader(
-            self.val_tracks, self.config.data, use_hpcp=self.use_hpcp, hpcp_frames_per_step=self.hpcp_frames_per_step
+            self.val_tracks, self.config.data, use_hpcp=self.use_hpcp, hpcp_frames_per_step=self.hpcp_frames_per_step,
+            persistent_workers=True,
         )

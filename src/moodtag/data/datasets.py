@@ -56,13 +56,16 @@ class TrackSet:
 
 
 def with_features(track_ids: list[str], store: FeatureStore, what: str) -> list[int]:
-    """Positions of the tracks that have features; the others are reported in one warning and left out."""
-    keep = [i for i, track_id in enumerate(track_ids) if store.has(track_id)]
-    missing = [track_ids[i] for i in sorted(set(range(len(track_ids))) - set(keep))]
+    """Positions of the tracks with usable features; the others (missing, stale or corrupt feature files) are
+    reported in one warning and left out, so no epoch stops on them."""
+    states = [store.state(track_id) for track_id in track_ids]
+    keep = [i for i, state in enumerate(states) if state == "ok"]
+    missing = [i for i, state in enumerate(states) if state != "ok"]
     if missing:
-        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-        log.warning("%s: %d of %d tracks have no features in %s and are left out: %s",
-                    what, len(missing), len(track_ids), store.root, shown)
+        counts = ", ".join(f"{sum(states[i] == s for i in missing)} {s}" for s in sorted({states[i] for i in missing}))
+        shown = ", ".join(track_ids[i] for i in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        log.warning("%s: %d of %d tracks have no usable features in %s (%s) and are left out: %s",
+                    what, len(missing), len(track_ids), store.root, counts, shown)
     return keep
 
 
