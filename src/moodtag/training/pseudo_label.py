@@ -225,3 +225,245 @@ def _reorder(arrays: dict[str, np.ndarray], have: list[str], expected: list[str]
     row = {track_id: i for i, track_id in enumerate(have)}
     order = np.array([row[track_id] for track_id in expected], dtype=np.int64)
     return {key: values[order] for key, values in arrays.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Predicting the pool and writing the pseudo-labels
+
+
+@dataclasses.dataclass
+class PseudoLabels:
+    """A finished pseudo-labelling: where its files are, its thresholds and its targets.
+
+    ran: False when a finished pseudo-labelling with the same settings was found and reused.
+    """
+
+    out_dir: Path
+    track_ids: list[str]
+    thresholds: Thresholds
+    targets: np.ndarray
+    ran: bool = True
+
+    @property
+    def labels_path(self) -> Path:
+        return self.out_dir / "labels.npz"
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """'i/N' (0 <= i < N) -> (i, N); None -> (0, 1), the whole pool."""
+    if text is None:
+        return 0, 1
+    index, sep, count = text.partition("/")
+    try:
+        shard = (int(index), int(count))
+    except ValueError:
+        shard = (-1, 0)
+    if not sep or not 0 <= shard[0] < shard[1]:
+        raise DataError(f"--shard {text!r}: expected i/N with 0 <= i < N")
+    return shard
+
+
+def pool_chunks(track_ids: Sequence[str], shard: tuple[int, int] = (0, 1)) -> list[tuple[int, list[str]]]:
+    """The (chunk index, track ids) this shard predicts: chunk k holds tracks [k·C, (k+1)·C) and goes to shard k mod N.
+
+    Chunks do not depend on N, so a pool started with one shard count can be finished with another.
+    """
+    index, count = shard
+    chunks = [list(track_ids[start : start + CHUNK_TRACKS]) for start in range(0, len(track_ids), CHUNK_TRACKS)]
+    return [(k, ids) for k, ids in enumerate(chunks) if k % count == index]
+
+
+def predict_pool(
+    predict: Callable[[Sequence[str]], tuple[list[str], np.ndarray]],
+    track_ids: Sequence[str],
+    out_dir: str | os.PathLike,
+    *,
+    shard: tuple[int, int] = (0, 1),
+    progress: bool = True,
+) -> bool:
+    """Predict this shard's missing chunks into `out_dir/parts/<k>.npz` (track_ids, logits); True when the pool is done.
+
+    `predict(track_ids) -> (track_ids, logits)` is the teacher; finished chunks are skipped, so a rerun resumes.
+    """
+    from tqdm import tqdm
+
+    parts = Path(out_dir) / "parts"
+    todo = [(k, ids) for k, ids in pool_chunks(track_ids, shard) if not _part_path(parts, k).is_file()]
+    for k, ids in tqdm(todo, desc="pseudo-label: predicting pool chunks", unit="chunk", disable=not progress):
+        predicted_ids, logits = predict(ids)
+        if list(predicted_ids) != ids:
+            raise DataError(f"chunk {k}: the teacher returned other tracks than it was given")
+        with atomic_path(_part_path(parts, k)) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, track_ids=np.array(ids, dtype=str), logits=np.asarray(logits, dtype=np.float32))
+    every = pool_chunks(track_ids)
+    return all(_part_path(parts, k).is_file() for k, _ in every)
+
+
+def _part_path(parts: Path, k: int) -> Path:
+    return parts / f"{k:05d}.npz"
+
+
+def merged_pool_logits(out_dir: str | os.PathLike, track_ids: Sequence[str]) -> np.ndarray:
+    """(n_pool, n_tags) teacher logits of every pool track in `track_ids` order, from the chunk files."""
+    parts = Path(out_dir) / "parts"
+    merged = merge_shards([_part_path(parts, k) for k, _ in pool_chunks(track_ids)], expected=list(track_ids))
+    return merged["logits"]
+
+
+def check_manifest(out_dir: str | os.PathLike, manifest: dict) -> None:
+    """Write `pool.json` on the first run; a later run with another teacher or pool is refused, not mixed in."""
+    path = Path(out_dir) / "pool.json"
+    if path.is_file():
+        existing = json.loads(path.read_text())
+        if existing != manifest:
+            changed = sorted(key for key in manifest if existing.get(key) != manifest[key])
+            raise DataError(f"{path}: made for another {', '.join(changed)}; use another --out or delete the folder")
+        return
+    atomic_write_text(path, json.dumps(manifest, indent=2))
+
+
+def pool_manifest(teacher_run: Path, checkpoint: Path, track_ids: Sequence[str]) -> dict:
+    """What the chunk files depend on: the teacher, its checkpoint file, the pool and the chunk size."""
+    stat = checkpoint.stat()
+    return {
+        "teacher": str(teacher_run.resolve()),
+        "checkpoint": f"{checkpoint.name} {stat.st_size} {int(stat.st_mtime)}",
+        "pool": hashlib.sha256("\n".join(track_ids).encode()).hexdigest()[:16],
+        "tracks": len(track_ids),
+        "chunk_tracks": CHUNK_TRACKS,
+    }
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))).astype(np.float32)
+
+
+def write_pseudo_labels(
+    out_dir: str | os.PathLike, track_ids: Sequence[str], logits: np.ndarray, thresholds: Thresholds
+) -> PseudoLabels:
+    """Soft predictions (`predictions.npz`), `labels.npz`, `thresholds.json` and `counts.tsv`, each atomically."""
+    out_dir = Path(out_dir)
+    probabilities = sigmoid(logits)
+    targets = hard_labels(probabilities, thresholds)
+    with atomic_path(out_dir / "predictions.npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, track_ids=np.array(track_ids, dtype=str), tags=np.array(thresholds.tags, dtype=str),
+                     logits=np.asarray(logits, dtype=np.float32), probabilities=probabilities)
+    atomic_write_text(out_dir / "thresholds.json", json.dumps(thresholds.to_dict(), indent=2))
+    counts = label_counts(targets)
+    rows = ["tag\tt_pos\tt_neg\tpositives\tnegatives\tunknown"]
+    rows += [
+        f"{tag}\t{float(thresholds.t_pos[j])!r}\t{float(thresholds.t_neg[j])!r}\t{counts['positives'][j]}\t{counts['negatives'][j]}\t{counts['unknown'][j]}"
+        for j, tag in enumerate(thresholds.tags)
+    ]
+    atomic_write_text(out_dir / "counts.tsv", "\n".join(rows) + "\n")
+    # labels.npz last: its presence marks the pseudo-labelling as finished.
+    save_labels(out_dir / "labels.npz", track_ids, thresholds.tags, targets)
+    return PseudoLabels(out_dir, list(track_ids), thresholds, targets)
+
+
+def read_pseudo_labels(out_dir: str | os.PathLike) -> PseudoLabels:
+    """A finished pseudo-labelling folder, as `write_pseudo_labels` left it."""
+    out_dir = Path(out_dir)
+    track_ids, _, targets = load_labels(out_dir / "labels.npz")
+    try:
+        thresholds = Thresholds.from_dict(json.loads((out_dir / "thresholds.json").read_text()))
+    except (OSError, ValueError, KeyError) as err:
+        raise DataError(f"{out_dir / 'thresholds.json'}: unreadable ({err})") from None
+    return PseudoLabels(out_dir, track_ids, thresholds, targets, ran=False)
+
+
+def pseudo_label(
+    teacher_run: str | os.PathLike,
+    pool: str | os.PathLike,
+    *,
+    store: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | None = None,
+    shard: tuple[int, int] = (0, 1),
+    rule: str = "derived",
+    scope: str = "per-tag",
+    t_pos: float = PAPER_T_POS,
+    t_neg: float = PAPER_T_NEG,
+    quiet: bool = False,
+) -> PseudoLabels | None:
+    """Pseudo-label the pool TSV `pool` with the teacher run; None when other shards still have chunks to predict.
+
+    rule: "fixed" (t_pos / t_neg for every tag) or "derived" (the paper's rule with `scope` "per-tag" or "global").
+    Output in `out_dir` (default TEACHER_RUN/pseudo-labels): parts/ (per-chunk teacher logits), pool.json,
+    reference.npz (teacher logits and labels on train + validation, for derived thresholds), predictions.npz,
+    thresholds.json, counts.tsv and labels.npz. A finished folder with the same settings is reused as it is.
+    """
+    from ..data.splits import read_split
+    from ..store import FeatureStore
+    from .run import load_model, predict
+
+    teacher_run = Path(teacher_run)
+    out_dir = Path(out_dir) if out_dir is not None else teacher_run / "pseudo-labels"
+    if rule not in ("fixed", "derived"):
+        raise DataError(f"threshold rule must be 'fixed' or 'derived', not {rule!r}")
+    _, config, tags = load_model(teacher_run)
+    store = FeatureStore(store if store is not None else config.data.path(config.data.features))
+    track_ids = _pool_with_features(read_split(pool).track_ids, store, out_dir, pool)
+    check_manifest(out_dir, pool_manifest(teacher_run, teacher_run / "checkpoints" / "best.ckpt", track_ids))
+    finished = _finished(out_dir, rule, scope, t_pos, t_neg)
+    if finished is not None:
+        log.info("%s: pseudo-labels already made with these settings", out_dir)
+        return finished
+    done = predict_pool(lambda ids: predict(teacher_run, ids, store), track_ids, out_dir, shard=shard, progress=not quiet)
+    if not done:
+        return None
+    logits = merged_pool_logits(out_dir, track_ids)
+    if rule == "fixed":
+        thresholds = fixed_thresholds(tags, t_pos=t_pos, t_neg=t_neg)
+    else:
+        scores, labels = _reference_scores(teacher_run, config, store, out_dir, tags)
+        thresholds = derive_thresholds(scores, labels, tags, scope=scope)
+    return write_pseudo_labels(out_dir, track_ids, logits, thresholds)
+
+
+def _finished(out_dir: Path, rule: str, scope: str, t_pos: float, t_neg: float) -> PseudoLabels | None:
+    """The finished pseudo-labelling in `out_dir` if it used these settings (new thresholds only redo the labels)."""
+    if not (out_dir / "labels.npz").is_file() or not (out_dir / "thresholds.json").is_file():
+        return None
+    existing = read_pseudo_labels(out_dir)
+    thresholds = existing.thresholds
+    if rule == "derived":
+        same = thresholds.mode == "derived" and thresholds.scope == scope
+    else:
+        same = thresholds.mode == "fixed" and np.all(thresholds.t_pos == t_pos) and np.all(thresholds.t_neg == t_neg)
+    return existing if same else None
+
+
+def _pool_with_features(track_ids: list[str], store, out_dir: Path, pool) -> list[str]:
+    """Pool tracks that have features; the others are listed once in a warning and in missing-features.txt."""
+    missing = [track_id for track_id in track_ids if not store.has(track_id)]
+    if missing:
+        log.warning("%s: %d of %d pool tracks have no features in %s and are left out (see %s)",
+                    pool, len(missing), len(track_ids), store.root, out_dir / "missing-features.txt")
+        atomic_write_text(out_dir / "missing-features.txt", "\n".join(missing) + "\n")
+        track_ids = [track_id for track_id in track_ids if store.has(track_id)]
+    if not track_ids:
+        raise DataError(f"{pool}: no pool track has features in {store.root}")
+    return track_ids
+
+
+def _reference_scores(teacher_run: Path, config, store, out_dir: Path, tags: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Teacher probabilities and true labels on train + validation (cached in reference.npz)."""
+    from ..ensemble import split_labels
+    from .run import predict, split_path
+
+    path = out_dir / "reference.npz"
+    if path.is_file():
+        with np.load(path) as data:
+            return sigmoid(data["logits"]), data["labels"]
+    logits, labels = [], []
+    for split in ("train", "validation"):
+        track_ids, split_logits = predict(teacher_run, split_path(config, split)[1], store)
+        logits.append(split_logits)
+        labels.append(split_labels(teacher_run, split, track_ids, tags))
+    logits, labels = np.concatenate(logits), np.concatenate(labels)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, logits=logits.astype(np.float32), labels=labels.astype(np.uint8))
+    return sigmoid(logits), labels

@@ -1,0 +1,216 @@
+"""The long/short ensemble (paper section 2.6): `alpha * short + (1 - alpha) * long`, alpha searched on validation.
+
+The paper writes the sum over logits (`l_final`), but its released ensemble file is exactly
+`0.7 * short + 0.3 * noisy` of the released *probability* files, so moodtag combines probabilities, as the
+results were made. alpha = 1 is the short model alone, alpha = 0 the long one.
+
+An ensemble directory looks like a training run to everything downstream: `predictions/<split>.npy` (+ `.csv`)
+for validation and test, plus `alpha.json` (the chosen alpha, the metric, and the whole alpha curve on validation)
+and `members.json` (the two member runs), which `load_members` reads back to build a tagger bundle.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import evaluate as evaluation
+from .atomic import atomic_path, atomic_write_text
+from .errors import DataError
+
+log = logging.getLogger(__name__)
+
+# Search metric name -> key of moodtag.evaluate.evaluate's summary.
+ALPHA_METRICS = {"roc_auc": "roc_auc_macro", "pr_auc": "pr_auc_macro"}
+DEFAULT_STEP = 0.05
+
+
+def combine(short: np.ndarray, long: np.ndarray, alpha: float) -> np.ndarray:
+    """`alpha * short + (1 - alpha) * long` for (n_tracks, n_tags) probabilities of the same tracks and tags."""
+    short, long = np.asarray(short), np.asarray(long)
+    if short.shape != long.shape:
+        raise DataError(f"short predictions {short.shape} and long predictions {long.shape} differ in shape")
+    if not 0.0 <= alpha <= 1.0:
+        raise DataError(f"alpha must lie in [0, 1], got {alpha}")
+    return alpha * short + (1 - alpha) * long
+
+
+def alpha_grid(step: float = DEFAULT_STEP) -> np.ndarray:
+    """0, step, ..., 1; `step` must divide 1 (0.05 gives the 21 values the search tries)."""
+    if not 0.0 < step <= 1.0:
+        raise DataError(f"alpha step must lie in (0, 1], got {step}")
+    n = round(1.0 / step)
+    if abs(n * step - 1.0) > 1e-9:
+        raise DataError(f"alpha step {step} does not divide 1")
+    return np.round(np.linspace(0.0, 1.0, n + 1), 10)
+
+
+@dataclasses.dataclass
+class AlphaSearch:
+    """The chosen alpha and the validation score of every alpha tried."""
+
+    alpha: float
+    metric: str
+    grid: np.ndarray
+    scores: np.ndarray
+
+    def to_dict(self) -> dict:
+        return {
+            "alpha": self.alpha,
+            "metric": self.metric,
+            "curve": [{"alpha": float(a), "score": float(s)} for a, s in zip(self.grid, self.scores)],
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "AlphaSearch":
+        grid = np.array([point["alpha"] for point in values["curve"]])
+        scores = np.array([point["score"] for point in values["curve"]])
+        return cls(float(values["alpha"]), values["metric"], grid, scores)
+
+
+def search_alpha(
+    y_true: np.ndarray, short: np.ndarray, long: np.ndarray, *, metric: str = "roc_auc", step: float = DEFAULT_STEP
+) -> AlphaSearch:
+    """Try every alpha of `alpha_grid(step)` on validation labels; the best macro `metric` wins (ties: smaller alpha)."""
+    if metric not in ALPHA_METRICS:
+        raise DataError(f"alpha metric must be one of {', '.join(ALPHA_METRICS)}, not {metric!r}")
+    grid = alpha_grid(step)
+    # Tags without positives or negatives are left out once here, not warned about for every alpha.
+    scored = evaluation.scored_tags(np.asarray(y_true))
+    y_true, short, long = np.asarray(y_true)[:, scored], np.asarray(short)[:, scored], np.asarray(long)[:, scored]
+    scores = np.array(
+        [evaluation.evaluate(y_true, combine(short, long, a), thresholds=None)[ALPHA_METRICS[metric]] for a in grid]
+    )
+    return AlphaSearch(float(grid[int(np.argmax(scores))]), metric, grid, scores)
+
+
+@dataclasses.dataclass
+class Members:
+    """What an ensemble is made of: the two member runs and the weight of the short one."""
+
+    short_run: Path
+    long_run: Path
+    alpha: float
+
+
+def load_members(ensemble_dir: str | os.PathLike) -> Members:
+    """The member runs and alpha of an ensemble written by `build_ensemble` (for tagger bundles)."""
+    ensemble_dir = Path(ensemble_dir)
+    try:
+        members = json.loads((ensemble_dir / "members.json").read_text())
+        alpha = float(json.loads((ensemble_dir / "alpha.json").read_text())["alpha"])
+        return Members(_resolve(ensemble_dir, members["short_run"]), _resolve(ensemble_dir, members["long_run"]), alpha)
+    except (OSError, ValueError, KeyError) as err:
+        raise DataError(f"{ensemble_dir}: not a finished ensemble ({err})") from None
+
+
+def _resolve(base: Path, path: str) -> Path:
+    """Member paths are stored relative to the ensemble directory so a results folder can be moved whole."""
+    return (base / path).resolve()
+
+
+def save_predictions(out_dir: Path, split: str, track_ids: Sequence[str], tags: Sequence[str], probabilities: np.ndarray) -> None:
+    """Write `predictions/<split>.npy` (float32) and `.csv` (track_id + one column per tag) atomically."""
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    with atomic_path(out_dir / "predictions" / f"{split}.npy") as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, probabilities)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["track_id", *tags])
+    writer.writerows([track_id, *(f"{p:.7g}" for p in row)] for track_id, row in zip(track_ids, probabilities))
+    atomic_write_text(out_dir / "predictions" / f"{split}.csv", buffer.getvalue())
+
+
+def read_predictions(run_dir: str | os.PathLike, split: str) -> tuple[list[str], list[str], np.ndarray]:
+    """(track_ids, tags, probabilities) of `moodtag predict RUN --split SPLIT` (or an ensemble) from its files."""
+    folder = Path(run_dir) / "predictions"
+    csv_path, npy_path = folder / f"{split}.csv", folder / f"{split}.npy"
+    if not npy_path.is_file() or not csv_path.is_file():
+        raise DataError(f"{run_dir}: no {split} predictions (run `moodtag predict {run_dir} --split {split}`)")
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, [""])
+        track_ids = [row[0] for row in reader if row]
+    probabilities = np.load(npy_path)
+    if header[0] != "track_id" or probabilities.shape != (len(track_ids), len(header) - 1):
+        raise DataError(f"{folder}: {split}.npy {probabilities.shape} does not match {split}.csv")
+    return track_ids, header[1:], probabilities
+
+
+def ensure_predictions(run_dir: str | os.PathLike, split: str, *, quiet: bool = False) -> bool:
+    """Predict `split` with a training run unless its prediction files exist; True when it predicted."""
+    folder = Path(run_dir) / "predictions"
+    if (folder / f"{split}.npy").is_file() and (folder / f"{split}.csv").is_file():
+        return False
+    from .training import predict_split
+
+    predict_split(run_dir, split, progress=not quiet)
+    return True
+
+
+def split_labels(run_dir: str | os.PathLike, split: str, track_ids: Sequence[str], tags: Sequence[str]) -> np.ndarray:
+    """(n_tracks, n_tags) 0/1 labels of `track_ids` from the split TSV named in the run's saved config."""
+    from .config import load_config
+    from .data.splits import read_split
+
+    data = load_config(Path(run_dir) / "config.yaml").data
+    tsv = data.path({"train": data.train_split, "validation": data.validation_split, "test": data.test_split}[split])
+    table = read_split(tsv)
+    row = {track_id: i for i, track_id in enumerate(table.track_ids)}
+    missing = [track_id for track_id in track_ids if track_id not in row]
+    if missing:
+        raise DataError(f"{tsv}: {len(missing)} predicted tracks are not in the split (e.g. {missing[0]})")
+    return table.labels(list(tags))[[row[track_id] for track_id in track_ids]]
+
+
+def build_ensemble(
+    short_run: str | os.PathLike,
+    long_run: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    metric: str = "roc_auc",
+    step: float = DEFAULT_STEP,
+    splits: Sequence[str] = ("validation", "test"),
+) -> AlphaSearch:
+    """Search alpha on the members' validation predictions and write the ensemble's predictions for `splits`.
+
+    Both runs must already have predictions for every split (same tracks and tags). Writes `alpha.json` and
+    `members.json` last, so their presence marks a finished ensemble.
+    """
+    short_run, long_run, out_dir = Path(short_run), Path(long_run), Path(out_dir)
+    members = {split: _aligned(short_run, long_run, split) for split in {"validation", *splits}}
+    track_ids, tags, short, long = members["validation"]
+    search = search_alpha(split_labels(short_run, "validation", track_ids, tags), short, long, metric=metric, step=step)
+    log.info("ensemble: alpha = %.2f (validation %s %.4f)", search.alpha, metric, search.scores.max())
+    for split in splits:
+        track_ids, tags, short, long = members[split]
+        save_predictions(out_dir, split, track_ids, tags, combine(short, long, search.alpha))
+    relative = {name: os.path.relpath(run.resolve(), out_dir.resolve()) for name, run in (("short_run", short_run), ("long_run", long_run))}
+    atomic_write_text(out_dir / "members.json", json.dumps(relative, indent=2))
+    atomic_write_text(out_dir / "alpha.json", json.dumps({**search.to_dict(), "step": step}, indent=2))
+    return search
+
+
+def _aligned(short_run: Path, long_run: Path, split: str):
+    short_ids, short_tags, short = read_predictions(short_run, split)
+    long_ids, long_tags, long = read_predictions(long_run, split)
+    if short_tags != long_tags:
+        raise DataError(f"{short_run} and {long_run} predict different tags")
+    if short_ids != long_ids:
+        if sorted(short_ids) != sorted(long_ids):
+            raise DataError(f"{short_run} and {long_run} predicted different {split} tracks")
+        order = {track_id: i for i, track_id in enumerate(long_ids)}
+        long = long[[order[track_id] for track_id in short_ids]]
+    return short_ids, short_tags, short, long
+
+
+def is_finished(ensemble_dir: str | os.PathLike) -> bool:
+    return (Path(ensemble_dir) / "alpha.json").is_file()

@@ -1,0 +1,149 @@
+"""`moodtag reproduce` end to end on a tiny feature-level corpus, plus its planning and tables."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from moodtag import ensemble
+from moodtag.data.splits import Split, write_split
+from moodtag.errors import ConfigError
+from moodtag.features import FeatureParams, TrackFeatures
+from moodtag.reproduce import PAPER_RESULTS, TABLE_METRICS, EnsembleSpec, plan_rows, reproduce, resolve_config_dir
+from moodtag.store import FeatureStore
+
+TAGS = ["mood/theme---calm", "mood/theme---dark", "mood/theme---happy"]
+SPLIT_SIZES = {"train": 16, "validation": 9, "test": 9, "unlabelled": 8}
+MEL_STEPS = 64
+
+BASE = """
+data: {long_steps: 64, chunk_steps: 32, batch_size: 8, eval_batch_size: 16}
+model: {preset: tiny}
+train: {max_epochs: 1, patience: 1, lr: 1.0e-3}
+"""
+STUDENT = """
+extends: {teacher}.yaml
+augment: {{mask_max_range: [30, 90], input_noise: 0.01}}
+model: {{stochastic_blocks: 3}}
+student: {{teacher: {teacher}, threshold_rule: derived}}
+"""
+
+
+def write_corpus(root, rng) -> None:
+    """Splits, tag list and a feature store whose mel bands and HPCP bins carry each track's tags (no audio needed)."""
+    params = FeatureParams()
+    store = FeatureStore.create(root / "features", params)
+    (root / "tags.txt").write_text("\n".join(TAGS) + "\n")
+    number = 0
+    for split, size in SPLIT_SIZES.items():
+        ids, tags = [], []
+        for _ in range(size):
+            number += 1
+            track_id = f"track_{number:04d}"
+            active = rng.uniform(size=len(TAGS)) < 0.4
+            active[number % len(TAGS)] = True  # every split holds every tag
+            mel = rng.uniform(0.0, 0.3, (params.n_mels, MEL_STEPS))
+            hpcp = rng.uniform(0.0, 0.3, (params.hpcp_size, round(MEL_STEPS * params.hpcp_frames_per_mel_step)))
+            for j in np.flatnonzero(active):
+                mel[32 * j : 32 * j + 32] += 0.5
+                hpcp[4 * j : 4 * j + 4] += 0.5
+            store.write(track_id, TrackFeatures(mel, hpcp, MEL_STEPS * params.mel_step_seconds, params.sample_rate, params.hash))
+            ids.append(track_id)
+            tags.append([] if split == "unlabelled" else [t for t, on in zip(TAGS, active) if on])
+        n = len(ids)
+        write_split(root / "splits" / f"{split}.tsv", Split(ids, ["a"] * n, ["b"] * n, [f"{i}.ogg" for i in ids], [11.1] * n, tags))
+
+
+def write_configs(folder) -> None:
+    folder.mkdir()
+    (folder / "_base.yaml").write_text(BASE)
+    for mode in ("long", "short"):
+        (folder / f"{mode}-normal.yaml").write_text(f"extends: _base.yaml\ndata: {{mode: {mode}}}\nmodel: {{use_hpcp: false}}\n")
+        (folder / f"{mode}-hpcp.yaml").write_text(f"extends: _base.yaml\ndata: {{mode: {mode}}}\nmodel: {{use_hpcp: true}}\n")
+        (folder / f"{mode}-hpcp-noisy.yaml").write_text(STUDENT.format(teacher=f"{mode}-hpcp"))
+
+
+@pytest.mark.slow
+def test_reproduce_runs_every_row_and_a_rerun_does_nothing(tmp_path, rng, capsys):
+    write_corpus(tmp_path / "corpus", rng)
+    write_configs(tmp_path / "configs")
+    out = tmp_path / "out"
+    results = reproduce(tmp_path / "configs", data_root=tmp_path / "corpus", out_dir=out, quiet=True)
+
+    names = ["long-normal", "long-hpcp", "long-hpcp-noisy", "short-normal", "short-hpcp", "short-hpcp-noisy", "ensemble"]
+    saved = json.loads((out / "results.json").read_text())
+    assert [row["name"] for row in saved["rows"]] == names
+    for row in saved["rows"]:
+        for thresholds in ("oracle", "tuned"):
+            values = [row[thresholds][key] for key, _ in TABLE_METRICS]
+            assert all(isinstance(v, float) and math.isfinite(v) for v in values), (row["name"], thresholds)
+    assert "train long-hpcp-noisy" in results.steps_run and "pseudo-label long-hpcp" in results.steps_run
+
+    # The students learnt from their teachers' pseudo-labels: the paper's 3-valued targets, one row per pool track.
+    for teacher in ("long-hpcp", "short-hpcp"):
+        with np.load(out / "runs" / teacher / "pseudo-labels" / "labels.npz") as labels:
+            assert len(labels["track_ids"]) == SPLIT_SIZES["unlabelled"] and list(labels["tags"]) == TAGS
+            assert np.isin(labels["targets"][~np.isnan(labels["targets"])], (0.0, 1.0)).all()
+
+    # The ensemble's test predictions are alpha * short-hpcp + (1 - alpha) * long-hpcp-noisy of the members' files.
+    alpha = json.loads((out / "runs" / "ensemble" / "alpha.json").read_text())["alpha"]
+    _, _, short = ensemble.read_predictions(out / "runs" / "short-hpcp", "test")
+    _, _, long = ensemble.read_predictions(out / "runs" / "long-hpcp-noisy", "test")
+    _, _, combined = ensemble.read_predictions(out / "runs" / "ensemble", "test")
+    np.testing.assert_allclose(combined, ensemble.combine(short, long, alpha), atol=1e-7)
+    assert ensemble.load_members(out / "runs" / "ensemble").alpha == alpha
+
+    report = (out / "report" / "report.md").read_text()
+    for png in ("per_tag_pr_auc.png", "pr_curves.png", "alpha.png", "training_curves.png", "pseudo_labels.png"):
+        assert f"]({png})" in report and (out / "report" / png).stat().st_size > 0
+
+    # A rerun through the command line finds every step done: no file under runs/ is written again.
+    from moodtag.cli import main
+
+    def run_files():
+        return {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}
+
+    before, results_before = run_files(), (out / "results.json").read_text()
+    assert main(["reproduce", str(tmp_path / "configs"), "--data-root", str(tmp_path / "corpus"), "--out", str(out), "-q"]) == 0
+    assert run_files() == before
+    assert (out / "results.json").read_text() == results_before
+    assert "| ensemble |" in capsys.readouterr().out
+
+
+def test_plan_orders_teachers_before_students_and_finds_packaged_configs(tmp_path):
+    write_configs(tmp_path / "configs")
+    rows = plan_rows(tmp_path / "configs", tmp_path / "out")
+    order = [row.name for row in rows]
+    assert order.index("long-hpcp") < order.index("long-hpcp-noisy") and order[-1] == "ensemble"
+    assert rows[-1].depends == ("short-hpcp", "long-hpcp-noisy")
+    assert {row.name: row.kind for row in rows}["short-hpcp-noisy"] == "student"
+    assert all(row.run_dir == tmp_path / "out" / "runs" / row.name for row in rows)
+    assert resolve_config_dir("demo").name == "demo" and resolve_config_dir("paper").name == "paper"
+    with pytest.raises(ConfigError):
+        resolve_config_dir(tmp_path / "missing")
+
+
+def test_plan_rejects_unknown_teachers_and_skips_an_impossible_ensemble(tmp_path):
+    write_configs(tmp_path / "configs")
+    (tmp_path / "configs" / "short-hpcp-noisy.yaml").write_text(STUDENT.format(teacher="short-hpcp").replace(
+        "student: {teacher: short-hpcp", "student: {teacher: nobody"))
+    with pytest.raises(ConfigError, match="nobody"):
+        plan_rows(tmp_path / "configs", tmp_path / "out")
+    (tmp_path / "configs" / "short-hpcp-noisy.yaml").unlink()
+    rows = plan_rows(tmp_path / "configs", tmp_path / "out", ensemble=EnsembleSpec(short="short-hpcp-noisy"))
+    assert "ensemble" not in [row.name for row in rows]
+
+
+def test_paper_numbers_match_the_released_predictions(shared_dir):
+    """The stored Table 1/2 values are what the paper's released files score (to the paper's rounding)."""
+    from moodtag.evaluate import evaluate
+
+    folder = shared_dir / "reference" / "mirable"
+    truth = np.load(folder / "candidate-ground-truth.npy")
+    for name, file in (("short-hpcp", "candidate-short-chunk.npy"), ("long-hpcp-noisy", "candidate-noisy-student.npy"),
+                       ("ensemble", "candidate-ensemble.npy")):
+        scores = evaluate(truth, np.load(folder / file))
+        for key, value in PAPER_RESULTS[name].items():
+            assert scores[key] == pytest.approx(value, abs=1.5e-4), (name, key)
