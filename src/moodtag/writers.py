@@ -34,7 +34,7 @@ PARTIAL_SUFFIX = ".partial"
 DIGITS = 6
 
 
-def format_for(output: str | os.PathLike | None, requested: str | None, *, stream: IO[str] = sys.stdout) -> str:
+def format_for(output: str | os.PathLike | None, requested: str | None, *, stream: IO[str] | None = None) -> str:
     """The output format: as requested, else from FILE's extension (.csv, else JSON Lines), else table on a TTY."""
     if requested is not None:
         if requested not in FORMATS:
@@ -43,7 +43,7 @@ def format_for(output: str | os.PathLike | None, requested: str | None, *, strea
     if output is not None:
         suffix = Path(output).suffix.lower()
         return {".csv": "csv", ".txt": "table"}.get(suffix, "jsonl")
-    return "table" if stream.isatty() else "jsonl"
+    return "table" if (stream or sys.stdout).isatty() else "jsonl"
 
 
 def partial_path(output: str | os.PathLike) -> Path:
@@ -54,7 +54,8 @@ def partial_path(output: str | os.PathLike) -> Path:
 class Formatter:
     """Turns records into text for one format; `header()` is written once at the top of a file or stream."""
 
-    def __init__(self, fmt: str, tags: Sequence[str], *, timeline: bool = False, width: int = 100):
+    def __init__(self, fmt: str, tags: Sequence[str], *, timeline: bool = False, width: int | None = None):
+        """width: terminal columns for a table (long paths are shortened from the left); None never shortens."""
         if fmt not in FORMATS:
             raise ConfigError(f"unknown output format {fmt!r}; choose from {', '.join(FORMATS)}")
         self.fmt, self.tags, self.timeline, self.width = fmt, list(tags), timeline, width
@@ -94,7 +95,8 @@ class Formatter:
         if not record["tags"]:
             described = f"(none above threshold; top: {described})"
         length = _clock(record["duration"]) + ("*" if record["padded"] else " ")
-        lines = [f"{_fit(record['path'], self._path_width()):<{self._path_width()}}  {length:>7}  {described}\n"]
+        path = record["path"] if self.width is None else _fit(record["path"], self._path_width())
+        lines = [f"{path:<{self._path_width()}}  {length:>7}  {described}\n"]
         for chunk in record.get("timeline") or ():
             best = sorted(chunk["probabilities"].items(), key=lambda item: -item[1])[:3]
             chunk_tags = ", ".join(f"{_short_tag(tag)} {p:.2f}" for tag, p in best)
@@ -102,7 +104,7 @@ class Formatter:
         return "".join(lines)
 
     def _path_width(self) -> int:
-        return max(20, min(48, self.width // 3))
+        return 40 if self.width is None else max(20, min(48, self.width // 3))
 
 
 class ResultWriter:
@@ -113,10 +115,10 @@ class ResultWriter:
     """
 
     def __init__(self, formatter: Formatter, output: str | os.PathLike | None = None, *, resume: bool = False,
-                 stream: IO[str] = sys.stdout):
+                 stream: IO[str] | None = None):
         self.formatter = formatter
         self.output = Path(output) if output is not None else None
-        self.stream = stream
+        self.stream = stream or sys.stdout
         self.done: set[str] = set()
         self._fd: int | None = None
         if resume and self.output is None:
@@ -273,5 +275,6 @@ def _fit(text: str, width: int) -> str:
     return text if len(text) <= width else "…" + text[-(width - 1):]
 
 
-def terminal_width(stream: IO[str] = sys.stdout) -> int:
-    return shutil.get_terminal_size((100, 24)).columns if stream.isatty() else 100
+def terminal_width(stream: IO[str] | None = None) -> int | None:
+    """Columns of the terminal `stream` (default stdout) is, or None when it is not a terminal."""
+    return shutil.get_terminal_size((100, 24)).columns if (stream or sys.stdout).isatty() else None

@@ -1,0 +1,75 @@
+"""`moodtag tag`: tag audio files, folders or list files with a model bundle.
+
+Output: JSON Lines (default when stdout is not a terminal, or for --output FILE other than .csv/.txt), CSV, or a
+table (default on a terminal). With --output the file appears only when the run completes (records collect in
+FILE.partial meanwhile); --resume continues a killed or earlier run without tagging any track twice.
+
+Exit status: 0 when every input was tagged (or already in the output with --resume), 1 when some inputs failed
+(each reported on stderr and listed in the failures file), 2 when nothing could start (bad model, bad options).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from . import add_command
+
+
+def register(subparsers) -> None:
+    parser = add_command(subparsers, "tag", help="tag audio files with a model bundle", run=run)
+    parser.add_argument("inputs", nargs="+", metavar="PATH",
+                        help="audio file, folder (searched recursively) or list file (one path per line)")
+    parser.add_argument("--model", required=True, metavar="BUNDLE", help="bundle folder written by `moodtag export`")
+    parser.add_argument("--format", choices=("jsonl", "csv", "table"),
+                        help="output format (default: table on a terminal, else JSON Lines; with --output, "
+                             "from the extension: .csv -> csv, .txt -> table, otherwise JSON Lines)")
+    parser.add_argument("--output", "-o", metavar="FILE", help="write results to FILE (atomically) instead of stdout")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip tracks already in --output FILE (or in FILE.partial from a killed run)")
+    parser.add_argument("--top-k", type=int, default=5, metavar="K", help="most probable tags to list (default: 5)")
+    parser.add_argument("--timeline", action="store_true", help="add per-chunk (≈9.29 s) probabilities")
+    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), metavar="N",
+                        help="processes decoding audio and computing features (0: in the main process; "
+                             "default: CPUs - 1)")
+    parser.add_argument("--failures", metavar="FILE",
+                        help="write failed inputs as 'path<TAB>reason' (default: FILE.failures.tsv beside --output)")
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                        help="run the model with PyTorch or with onnxruntime (bundle exported with --onnx)")
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from ..errors import ConfigError
+    from ..tagging import Tagger, find_audio
+    from ..writers import Formatter, ResultWriter, format_for, terminal_width, write_failures
+
+    if args.workers < 0 or args.top_k < 0:
+        raise ConfigError("--workers and --top-k must be 0 or more")
+    fmt = format_for(args.output, args.format)
+    tagger = Tagger.load(args.model, backend=args.backend, top_k=args.top_k)
+    paths, failures = find_audio(args.inputs)
+    for path, reason in failures:
+        print(f"moodtag: {path}: {reason}", file=sys.stderr)
+    formatter = Formatter(fmt, tagger.tags, timeline=args.timeline, width=None if args.output else terminal_width())
+    tagged = 0
+    with ResultWriter(formatter, args.output, resume=args.resume) as writer:
+        todo = [path for path in paths if path not in writer.done]
+        with tqdm(total=len(todo), unit="track", desc="tag", disable=args.quiet, file=sys.stderr) as bar:
+
+            def failed(path: str, reason: str) -> None:
+                bar.write(f"moodtag: {path}: {reason}", file=sys.stderr)
+                failures.append((path, reason))
+                bar.update()
+
+            for result in tagger.tag_many(todo, timeline=args.timeline, workers=args.workers, on_error=failed):
+                writer.write(result.to_dict())
+                tagged += 1
+                bar.update()
+    failures_path = args.failures or (f"{args.output}.failures.tsv" if args.output else None)
+    if failures_path:
+        write_failures(failures_path, failures)
+    skipped = len(paths) - len(todo)
+    print(f"moodtag tag: {tagged} tagged, {skipped} already done, {len(failures)} failed"
+          + (f" (listed in {failures_path})" if failures and failures_path else ""), file=sys.stderr)
+    return 1 if failures else 0

@@ -1,0 +1,353 @@
+"""Tag music with an exported model bundle: `Tagger.load("model/").tag("song.mp3")`.
+
+Per track the tagger computes the paper's features (mel + HPCP), runs every member model of the bundle, and reports
+each tag's probability, the tags above their validation-tuned thresholds (`probability > threshold`, as
+`moodtag.evaluate.decide`), and the top k.
+
+How a track becomes model input follows training exactly (moodtag.data.datasets), so the thresholds stay calibrated:
+
+- short mode: consecutive non-overlapping chunks of 80 mel steps (≈9.29 s) with the HPCP frames that start at the
+  same time; the tail shorter than a chunk is left out and the chunk logits are averaged (the paper's evaluation).
+- long mode: the first 1600 mel steps (≈185.8 s), zero-padded when shorter. A longer track is judged by its first
+  window only, like the paper and like the validation predictions the thresholds were tuned on; the rest of the
+  track does not change the track-level result (use --timeline to see it).
+- a clip shorter than one chunk is zero-padded to one chunk and flagged `padded`.
+- ensembles combine member probabilities `alpha * short + (1 - alpha) * long` (moodtag.ensemble.combine).
+
+The timeline (`timeline=True`) runs every member on each chunk of the same grid and adds one more chunk aligned to
+the end of the track when a tail is left over, so the timeline covers the whole track: chunk i spans mel steps
+[80 i, 80 i + 80), the extra chunk [T - 80, T); start/end are in seconds (step = hop 512 x pool 10 / 44100 Hz) and
+the last chunk ends at the track's duration. Long-mode members see chunks they were not trained on (they accept
+any length), so a long model's timeline is indicative only.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import multiprocessing
+import os
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .audio import load_audio, resample
+from .bundle import Bundle, MemberRunner, load_bundle
+from .data.datasets import chunk_count, crop
+from .errors import AudioError, MoodtagError
+from .features import TrackFeatures, compute_features
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOP_K = 5
+# Chunks per forward pass: bounds activation memory for hour-long tracks.
+MAX_CHUNKS_PER_BATCH = 32
+
+
+@dataclasses.dataclass
+class Segment:
+    """One timeline chunk: seconds [start, end), its probabilities and the tags above threshold."""
+
+    start: float
+    end: float
+    probabilities: dict[str, float]
+    tags: list[str]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class TagResult:
+    """Tags of one track.
+
+    probabilities: every tag of the model, in the model's tag order.
+    tags: tags whose probability exceeds their threshold, most probable first.
+    top_k: the k most probable tags with their probabilities, whether above threshold or not.
+    padded: the track was shorter than one chunk (≈9.29 s) and was zero-padded.
+    timeline: per-chunk results when asked for, else None.
+    """
+
+    path: str | None
+    duration: float
+    padded: bool
+    probabilities: dict[str, float]
+    tags: list[str]
+    top_k: list[tuple[str, float]]
+    timeline: list[Segment] | None = None
+
+    def to_dict(self) -> dict:
+        out = {
+            "path": self.path,
+            "duration": self.duration,
+            "padded": self.padded,
+            "tags": list(self.tags),
+            "top_k": [{"tag": tag, "probability": p} for tag, p in self.top_k],
+            "probabilities": dict(self.probabilities),
+        }
+        if self.timeline is not None:
+            out["timeline"] = [segment.to_dict() for segment in self.timeline]
+        return out
+
+
+def chunk_windows(n_steps: int, chunk_steps: int) -> list[tuple[int, int]]:
+    """Training's short-mode chunks of a track of `n_steps` mel steps: [(start, stop)] in steps.
+
+    Consecutive non-overlapping chunks, the tail shorter than a chunk dropped; a track shorter than one chunk gives
+    the single (zero-padded) window (0, chunk_steps).
+    """
+    count = chunk_count(n_steps, chunk_steps)
+    return [(i * chunk_steps, (i + 1) * chunk_steps) for i in range(count)]
+
+
+def timeline_windows(n_steps: int, chunk_steps: int) -> list[tuple[int, int]]:
+    """`chunk_windows` plus, when a tail is left over, one more chunk ending at the last step: (T - chunk, T)."""
+    windows = chunk_windows(n_steps, chunk_steps)
+    if n_steps > chunk_steps and n_steps % chunk_steps:
+        windows.append((n_steps - chunk_steps, n_steps))
+    return windows
+
+
+def window_seconds(windows: Sequence[tuple[int, int]], duration: float, step_seconds: float) -> list[tuple[float, float]]:
+    """Start/end seconds of step windows, clipped to the track; the last window always ends at `duration`."""
+    spans = [(min(start * step_seconds, duration), min(stop * step_seconds, duration)) for start, stop in windows]
+    if spans:
+        spans[-1] = (spans[-1][0], duration)
+    return spans
+
+
+class Tagger:
+    """A loaded bundle, ready to tag files, arrays or whole libraries (the model is loaded once)."""
+
+    def __init__(self, bundle: Bundle, *, backend: str = "torch", top_k: int = DEFAULT_TOP_K):
+        if top_k < 0:
+            raise MoodtagError(f"top_k must be 0 or more, got {top_k}")
+        self.bundle = bundle
+        self.runners: list[MemberRunner] = bundle.runners(backend)
+        self.top_k = top_k
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, backend: str = "torch", top_k: int = DEFAULT_TOP_K) -> "Tagger":
+        """Load a bundle written by `moodtag export` (checks its feature hash and version)."""
+        return cls(load_bundle(path), backend=backend, top_k=top_k)
+
+    @property
+    def tags(self) -> list[str]:
+        return self.bundle.tags
+
+    def tag(self, source, *, sample_rate: int | None = None, timeline: bool = False) -> TagResult:
+        """Tag one file (path) or one signal (array (n,) or (n, channels) with `sample_rate`)."""
+        if isinstance(source, (str, os.PathLike)):
+            features = track_features(source, self.bundle)
+            return self.tag_features(features, path=str(source), timeline=timeline)
+        if sample_rate is None:
+            raise MoodtagError("tagging an array needs its sample_rate")
+        audio = _mono(source, sample_rate, self.bundle.feature_params.sample_rate)
+        features = compute_features(audio, self.bundle.feature_params)
+        return self.tag_features(features, path=None, timeline=timeline)
+
+    def tag_many(
+        self,
+        paths: Iterable[str | os.PathLike],
+        *,
+        timeline: bool = False,
+        workers: int = 0,
+        on_error: Callable[[str, str], None] | None = None,
+    ) -> Iterator[TagResult]:
+        """Tag files in order, yielding one result per file; decoding and features run in `workers` processes.
+
+        A file that cannot be decoded raises AudioError, or, with `on_error`, is reported as
+        `on_error(path, reason)` and skipped.
+        """
+        for path, outcome in iter_features(paths, self.bundle, workers=workers):
+            if isinstance(outcome, str):
+                if on_error is None:
+                    raise AudioError(path, outcome)
+                on_error(path, outcome)
+                continue
+            yield self.tag_features(outcome, path=path, timeline=timeline)
+
+    def tag_features(self, features: TrackFeatures, *, path: str | None = None, timeline: bool = False) -> TagResult:
+        """Tag precomputed features (mel (n_mels, T), hpcp (12, T')) of one track."""
+        if features.feature_hash != self.bundle.feature_params.hash:
+            raise MoodtagError(f"{path or 'features'}: computed with feature hash {features.feature_hash}, "
+                               f"the model needs {self.bundle.feature_params.hash}")
+        mel = np.asarray(features.mel, dtype=np.float32)
+        hpcp = np.asarray(features.hpcp, dtype=np.float32)
+        chunk_steps = self.bundle.chunk_steps
+        n_steps = mel.shape[1]
+        windows = timeline_windows(n_steps, chunk_steps) if timeline else []
+        track_parts, window_parts = [], []
+        for runner in self.runners:
+            track_probabilities, window_probabilities = self._run_member(runner, mel, hpcp, windows)
+            track_parts.append(track_probabilities)
+            window_parts.append(window_probabilities)
+        probabilities = self.bundle.combine(track_parts)
+        result = self._result(probabilities, path, features.duration, padded=n_steps < chunk_steps)
+        if timeline:
+            spans = window_seconds(windows, features.duration, self.bundle.feature_params.mel_step_seconds)
+            combined = self.bundle.combine(window_parts)
+            result.timeline = [
+                self._segment(start, end, row) for (start, end), row in zip(spans, combined)
+            ]
+        return result
+
+    def _run_member(self, runner: MemberRunner, mel, hpcp, windows) -> tuple[np.ndarray, np.ndarray | None]:
+        """(n_tags,) track probabilities and (n_windows, n_tags) timeline probabilities of one member.
+
+        The track logits come from training's own evaluation step (`track_logits`: long crop, or the mean of
+        the chunk logits), so tagging a track gives what `moodtag predict` gives for it.
+        """
+        import torch
+
+        from .training.module import track_logits
+
+        if runner.mode == "short":
+            chunks = chunk_windows(mel.shape[1], runner.steps)
+            batch = self._inputs(runner, mel, hpcp, chunks)
+            batch["chunk_track"] = torch.zeros(len(chunks), dtype=torch.long)
+            batch["target"] = torch.zeros(1, len(self.tags))
+        else:
+            batch = self._inputs(runner, mel, hpcp, [(0, runner.steps)])
+        track = track_logits(runner, batch, MAX_CHUNKS_PER_BATCH)[0].numpy()
+        if not windows:
+            return _sigmoid(track), None
+        pieces = []
+        for first in range(0, len(windows), MAX_CHUNKS_PER_BATCH):
+            inputs = self._inputs(runner, mel, hpcp, windows[first : first + MAX_CHUNKS_PER_BATCH])
+            pieces.append(runner(inputs["mel"], inputs.get("hpcp")).numpy())
+        return _sigmoid(track), _sigmoid(np.concatenate(pieces))
+
+    def _inputs(self, runner: MemberRunner, mel, hpcp, windows) -> dict:
+        """Model inputs for step windows, cut as training cuts them (`moodtag.data.datasets.crop`, zero-padded)."""
+        import torch
+
+        ratio = self.bundle.feature_params.hpcp_frames_per_mel_step
+        batch = {"mel": torch.from_numpy(np.stack([crop(mel, start, stop - start) for start, stop in windows]))}
+        if runner.use_hpcp:
+            batch["hpcp"] = torch.from_numpy(
+                np.stack([crop(hpcp, round(start * ratio), round((stop - start) * ratio)) for start, stop in windows])
+            )
+        return batch
+
+    def _result(self, probabilities: np.ndarray, path, duration: float, *, padded: bool) -> TagResult:
+        tags = self.bundle.tags
+        order = np.argsort(-probabilities, kind="stable")
+        above = self.bundle.decide(probabilities)
+        return TagResult(
+            path=path,
+            duration=float(duration),
+            padded=bool(padded),
+            probabilities={tag: float(p) for tag, p in zip(tags, probabilities)},
+            tags=[tags[i] for i in order if above[i]],
+            top_k=[(tags[i], float(probabilities[i])) for i in order[: self.top_k]],
+        )
+
+    def _segment(self, start: float, end: float, probabilities: np.ndarray) -> Segment:
+        tags = self.bundle.tags
+        above = self.bundle.decide(probabilities)
+        order = np.argsort(-probabilities, kind="stable")
+        return Segment(
+            start=float(start),
+            end=float(end),
+            probabilities={tag: float(p) for tag, p in zip(tags, probabilities)},
+            tags=[tags[i] for i in order if above[i]],
+        )
+
+
+def track_features(path: str | os.PathLike, bundle: Bundle) -> TrackFeatures:
+    """Decode one file and compute the bundle's features (raises AudioError for a bad file)."""
+    audio = load_audio(path, sample_rate=bundle.feature_params.sample_rate)
+    return compute_features(audio, bundle.feature_params)
+
+
+def iter_features(
+    paths: Iterable[str | os.PathLike], bundle: Bundle, *, workers: int = 0
+) -> Iterator[tuple[str, TrackFeatures | str]]:
+    """(path, features or the reason it failed) per path, in order; `workers` > 0 decodes in that many processes.
+
+    At most 2 x workers tracks are in flight, so a slow model never lets decoded tracks pile up in memory.
+    """
+    paths = [str(p) for p in paths]
+    if workers <= 0:
+        for path in paths:
+            yield path, _features_job(path, bundle.feature_params)
+        return
+    context = multiprocessing.get_context("spawn")  # fork after torch has threads can deadlock
+    with context.Pool(workers, initializer=_init_worker) as pool:
+        pending: collections.deque = collections.deque()
+        queue = iter(paths)
+        for path in queue:
+            pending.append((path, pool.apply_async(_features_job, (path, bundle.feature_params))))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            path, future = pending.popleft()
+            next_path = next(queue, None)
+            if next_path is not None:
+                pending.append((next_path, pool.apply_async(_features_job, (next_path, bundle.feature_params))))
+            yield path, future.get()
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _features_job(path: str, params) -> TrackFeatures | str:
+    """Features of one file, or the reason it failed (a plain string: it crosses the process boundary)."""
+    try:
+        audio = load_audio(path, sample_rate=params.sample_rate)
+        return compute_features(audio, params)
+    except AudioError as err:
+        return err.reason
+    except MemoryError:
+        return "out of memory while decoding (file too long for this machine)"
+
+
+def _mono(audio, sample_rate: int, target_rate: int) -> np.ndarray:
+    """(n,) or (n, channels) samples -> mono float32 at `target_rate`."""
+    signal = np.asarray(audio, dtype=np.float32)
+    if signal.ndim == 2:
+        signal = signal.mean(axis=1)
+    if signal.ndim != 1 or signal.size == 0:
+        raise AudioError("<array>", f"expected (n_samples,) or (n_samples, channels) audio, got shape {np.shape(audio)}")
+    if not np.all(np.isfinite(signal)):
+        raise AudioError("<array>", "samples contain NaN or infinity")
+    if sample_rate <= 0:
+        raise AudioError("<array>", f"invalid sample rate {sample_rate}")
+    return resample(signal, int(sample_rate), target_rate)
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+
+
+def find_audio(inputs: Iterable[str | os.PathLike]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Audio files named by `inputs` (files, folders searched recursively, list files with one path per line),
+    in input order without repeats, and (input, reason) for inputs that name nothing usable.
+
+    Discovery is `moodtag.extract.discover`'s, input by input, so two folders may hold files of the same name.
+    """
+    from .errors import DataError
+    from .extract import discover
+
+    paths: list[str] = []
+    failures: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for source in inputs:
+        if not Path(source).exists():
+            failures.append((str(source), "file not found"))
+            continue
+        try:
+            tracks, rejected = discover(source)
+        except DataError as err:
+            failures.append((str(source), str(err)))
+            continue
+        for path in [str(track.path) for track in tracks] + [record.source for record in rejected]:
+            if path not in seen:
+                seen.add(path)
+                paths.append(path)
+    return paths, failures
