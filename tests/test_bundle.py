@@ -1,0 +1,244 @@
+"""Model bundles: export from real (tiny) training runs and an ensemble, identical predictions after loading,
+refusal of incompatible bundles, and ONNX parity with PyTorch."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from moodtag.bundle import BundleError, ExportMember, export, load_bundle, versions_compatible, write_bundle
+from moodtag.config import RunConfig
+from moodtag.data.splits import Split, write_split
+from moodtag.features import FeatureParams, TrackFeatures
+from moodtag.models import MODEL_PRESETS, MoodCRNN
+from moodtag.store import FeatureStore
+from moodtag.tagging import Tagger
+
+TAGS = ["mood/theme---calm", "mood/theme---dark", "mood/theme---happy"]
+PARAMS = FeatureParams()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_corpus(root: Path) -> Path:
+    """Stored features whose tags are visible in them (tag k lifts mel bins [32k, 32k + 24) and HPCP bin 3k)."""
+    rng = np.random.default_rng(0)
+    store = FeatureStore.create(root / "features", PARAMS)
+    (root / "tags.txt").write_text("\n".join(TAGS) + "\n")
+    for split, count in (("train", 12), ("validation", 10), ("test", 6)):
+        rows = Split([], [], [], [], [], [])
+        for i in range(count):
+            track_id = f"{split}_{i:02d}"
+            labels = rng.random(len(TAGS)) < 0.4
+            labels[i % len(TAGS)] = True
+            n_steps = int(rng.integers(50, 230))  # shorter than a chunk, and with tails
+            mel = rng.random((128, n_steps)) * 0.2
+            hpcp = rng.random((12, round(n_steps * PARAMS.hpcp_frames_per_mel_step))) * 0.2
+            for k in np.flatnonzero(labels):
+                mel[32 * k : 32 * k + 24] += 0.6
+                hpcp[3 * k] += 0.6
+            store.write(track_id, TrackFeatures(mel, hpcp, n_steps * PARAMS.mel_step_seconds, 44100, PARAMS.hash))
+            for column, value in zip((rows.track_ids, rows.artist_ids, rows.album_ids, rows.paths, rows.durations),
+                                     (track_id, f"artist_{i}", f"album_{i}", f"{track_id}.ogg", 10.0)):
+                column.append(value)
+            rows.tags.append([TAGS[k] for k in np.flatnonzero(labels)])
+        write_split(root / "splits" / f"{split}.tsv", rows)
+    return root
+
+
+def train_tiny(root: Path, run_dir: Path, mode: str) -> Path:
+    from moodtag.training import train
+
+    config = RunConfig.from_dict({
+        "name": f"tiny-{mode}", "run_dir": str(run_dir),
+        "data": {"root": str(root), "mode": mode, "long_steps": 160, "batch_size": 6},
+        "model": {"preset": "tiny"},
+        "train": {"max_epochs": 2, "lr": 3e-3, "accelerator": "cpu"},
+    })
+    return train(config, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """A long run, a short run and their ensemble, each with validation and test predictions."""
+    from moodtag.ensemble import build_ensemble, ensure_predictions
+
+    base = tmp_path_factory.mktemp("runs")
+    root = make_corpus(base / "corpus")
+    out = {mode: train_tiny(root, base / mode, mode) for mode in ("long", "short")}
+    for run in out.values():
+        for split in ("validation", "test"):
+            ensure_predictions(run, split, quiet=True)
+    build_ensemble(out["short"], out["long"], base / "ensemble")
+    out["ensemble"], out["corpus"] = base / "ensemble", root
+    return out
+
+
+def stored_validation(root: Path) -> tuple[list[str], list[TrackFeatures]]:
+    store = FeatureStore(root / "features")
+    track_ids = [line.split("\t")[0] for line in (root / "splits" / "validation.tsv").read_text().splitlines()[1:]]
+    return track_ids, [store.load(track_id) for track_id in track_ids]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["long", "short", "ensemble"])
+def test_exported_bundle_predicts_what_the_run_predicted(runs, tmp_path, source):
+    from moodtag.evaluate import tune_thresholds
+    from moodtag.ensemble import read_predictions, split_labels
+
+    bundle_dir = export(runs[source], tmp_path / "model", quiet=True)
+    bundle = load_bundle(bundle_dir)
+    assert bundle.tags == TAGS and bundle.feature_params == PARAMS
+    assert [m.mode for m in bundle.members] == (["short", "long"] if source == "ensemble" else [source])
+    track_ids, features = stored_validation(runs["corpus"])
+    predicted_ids, _, expected = read_predictions(runs[source], "validation")
+    assert predicted_ids == track_ids
+    tagger = Tagger(bundle)
+    got = np.array([[tagger.tag_features(f).probabilities[t] for t in TAGS] for f in features])
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6)
+    labels = split_labels(runs["long"], "validation", track_ids, TAGS)
+    np.testing.assert_array_equal(bundle.thresholds, tune_thresholds(labels, expected))
+    assert set(bundle.metrics) >= {"validation", "test", "runs"}
+    assert 0 <= bundle.metrics["test"]["roc_auc_macro"] <= 1
+    if source == "ensemble":
+        assert bundle.alpha == json.loads((runs["ensemble"] / "alpha.json").read_text())["alpha"]
+
+
+def test_export_refuses_what_is_not_a_run(tmp_path):
+    with pytest.raises(BundleError, match="neither a training run"):
+        export(tmp_path, tmp_path / "model")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Refusals
+
+
+@pytest.fixture
+def bundle_dir(tmp_path) -> Path:
+    torch.manual_seed(0)
+    model = MoodCRNN(MODEL_PRESETS["tiny"], len(TAGS))
+    return write_bundle(tmp_path / "model", [ExportMember("model", "short", 80, model)], tags=TAGS,
+                        thresholds=np.array([0.2, 0.5, 0.9]), feature_params=PARAMS, chunk_steps=80)
+
+
+def edit_info(bundle_dir: Path, **changes) -> None:
+    path = bundle_dir / "bundle.json"
+    info = json.loads(path.read_text())
+    info.update(changes)
+    path.write_text(json.dumps(info))
+
+
+def test_load_round_trips_weights_and_thresholds(bundle_dir):
+    bundle = load_bundle(bundle_dir)
+    np.testing.assert_array_equal(bundle.thresholds, [0.2, 0.5, 0.9])
+    torch.manual_seed(0)
+    original = MoodCRNN(MODEL_PRESETS["tiny"], len(TAGS))
+    for name, value in original.state_dict().items():
+        torch.testing.assert_close(bundle.build_model(bundle.members[0]).state_dict()[name], value, rtol=0, atol=0)
+
+
+def test_refuses_a_feature_hash_this_moodtag_does_not_compute(bundle_dir):
+    edit_info(bundle_dir, feature_hash="0123456789abcdef")
+    with pytest.raises(BundleError, match="hash 0123456789abcdef.*feature code changed"):
+        load_bundle(bundle_dir)
+
+
+def test_refuses_bundles_when_the_feature_code_version_changed(bundle_dir, monkeypatch):
+    import moodtag.features.params as params_module
+
+    monkeypatch.setattr(params_module, "FEATURE_VERSION", params_module.FEATURE_VERSION + 1)
+    with pytest.raises(BundleError, match="feature code changed"):
+        load_bundle(bundle_dir)
+
+
+@pytest.mark.parametrize("version", ["99.0.0", "0.0.1", "0.99.0", "garbage"])
+def test_refuses_incompatible_moodtag_versions(bundle_dir, version):
+    edit_info(bundle_dir, moodtag_version=version)
+    with pytest.raises(BundleError, match=f"made by moodtag {version}"):
+        load_bundle(bundle_dir)
+
+
+def test_version_rule():
+    assert versions_compatible("0.1.0", "0.1.3") and versions_compatible("1.2.0", "1.4.1")
+    assert not versions_compatible("0.1.4", "0.1.3") and not versions_compatible("0.1.0", "0.2.0")
+    assert not versions_compatible("1.0.0", "2.0.0")
+
+
+def test_refuses_other_formats_corrupt_weights_and_non_bundles(bundle_dir, tmp_path):
+    with pytest.raises(BundleError, match="not a moodtag model bundle"):
+        load_bundle(tmp_path)
+    shutil.copytree(bundle_dir, tmp_path / "newer")
+    edit_info(tmp_path / "newer", format=2)
+    with pytest.raises(BundleError, match="upgrade moodtag"):
+        load_bundle(tmp_path / "newer")
+    weights = bundle_dir / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="checksum mismatch"):
+        load_bundle(bundle_dir)
+
+
+def test_export_never_replaces_a_folder_that_is_not_a_bundle(tmp_path):
+    (tmp_path / "music").mkdir()
+    (tmp_path / "music" / "song.ogg").write_bytes(b"x")
+    model = MoodCRNN(MODEL_PRESETS["tiny"], len(TAGS))
+    with pytest.raises(BundleError, match="not a moodtag bundle"):
+        write_bundle(tmp_path / "music", [ExportMember("model", "long", 160, model)], tags=TAGS,
+                     thresholds=np.zeros(3), feature_params=PARAMS, chunk_steps=80)
+    assert (tmp_path / "music" / "song.ogg").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ONNX
+
+# float32 graphs evaluated by two runtimes: differences are rounding in different op orders (about 1e-7 here).
+ONNX_ATOL = 1e-5
+
+
+@pytest.mark.slow
+def test_onnx_models_match_pytorch(tmp_path, rng):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from moodtag.features.mel import MelFrontEnd
+
+    torch.manual_seed(0)
+    model = MoodCRNN(MODEL_PRESETS["tiny"], len(TAGS)).eval()
+    bundle_dir = write_bundle(tmp_path / "model", [ExportMember("model", "short", 80, model)], tags=TAGS,
+                              thresholds=np.full(3, 0.5), feature_params=PARAMS, chunk_steps=80, onnx=True)
+    member = load_bundle(bundle_dir).members[0]
+    assert member.onnx == "model.onnx" and member.onnx_audio == "model-audio.onnx"
+    session = ort.InferenceSession(str(bundle_dir / member.onnx))
+    for batch, steps in ((1, 80), (3, 1600), (2, 37)):  # short chunks, a long window, an odd length
+        mel = rng.random((batch, 128, steps), dtype=np.float32)
+        hpcp = rng.random((batch, 12, round(steps * 2.5)), dtype=np.float32)
+        (onnx_logits,) = session.run(["logits"], {"mel": mel, "hpcp": hpcp})
+        with torch.no_grad():
+            torch_logits = model(torch.from_numpy(mel), torch.from_numpy(hpcp)).numpy()
+        np.testing.assert_allclose(onnx_logits, torch_logits, rtol=0, atol=ONNX_ATOL)
+    audio_session = ort.InferenceSession(str(bundle_dir / member.onnx_audio))
+    audio = (0.1 * rng.standard_normal((2, 5 * 44100 + 123))).astype(np.float32)
+    hpcp = rng.random((2, 12, 110), dtype=np.float32)
+    (onnx_logits,) = audio_session.run(["logits"], {"audio": audio, "hpcp": hpcp})
+    with torch.no_grad():
+        torch_logits = model(MelFrontEnd(PARAMS)(torch.from_numpy(audio)), torch.from_numpy(hpcp)).numpy()
+    np.testing.assert_allclose(onnx_logits, torch_logits, rtol=0, atol=ONNX_ATOL)
+    # The tagger's ONNX backend gives the PyTorch backend's results.
+    features = TrackFeatures(rng.random((128, 200), dtype=np.float32), rng.random((12, 500), dtype=np.float32),
+                             23.2, 44100, PARAMS.hash)
+    by_torch = Tagger.load(bundle_dir).tag_features(features, timeline=True).to_dict()
+    by_onnx = Tagger.load(bundle_dir, backend="onnx").tag_features(features, timeline=True).to_dict()
+    for tag in TAGS:
+        assert by_onnx["probabilities"][tag] == pytest.approx(by_torch["probabilities"][tag], abs=ONNX_ATOL)
+        assert by_onnx["timeline"][-1]["probabilities"][tag] == pytest.approx(
+            by_torch["timeline"][-1]["probabilities"][tag], abs=ONNX_ATOL)
