@@ -114,3 +114,69 @@ def test_merge_shards_rejects_duplicates_and_gaps(tmp_path, rng):
         pl.merge_shards([a], expected=["1", "2", "3"])
     with pytest.raises(DataError, match="1 unexpected"):
         pl.merge_shards([a], expected=["1"])
+
+
+def teacher_logits(track_ids):
+    """A deterministic stand-in for a teacher's forward pass: logits derived from the track number."""
+    numbers = np.array([int(t.split("_")[1]) for t in track_ids], dtype=np.float32)
+    return list(track_ids), np.stack([np.sin(numbers), np.cos(numbers)], axis=1)
+
+
+def test_shards_cover_the_pool_once_whatever_their_count():
+    pool = [f"track_{i}" for i in range(10)]
+    for count in (1, 2, 3, 7):
+        chunks = [c for i in range(count) for c in pl.pool_chunks(pool, (i, count), chunk_tracks=3)]
+        assert sorted(k for k, _ in chunks) == [0, 1, 2, 3]
+        assert sorted(t for _, ids in chunks for t in ids) == sorted(pool)
+    assert pl.parse_shard("1/3") == (1, 3) and pl.parse_shard(None) == (0, 1)
+    for bad in ("3/3", "-1/2", "1", "a/b"):
+        with pytest.raises(DataError):
+            pl.parse_shard(bad)
+
+
+def test_pool_prediction_resumes_after_a_kill_and_merges_sharded_runs(tmp_path):
+    pool = [f"track_{i}" for i in range(10)]
+    calls = []
+
+    def dies_on_third_chunk(ids):
+        calls.append(ids)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return teacher_logits(ids)
+
+    with pytest.raises(KeyboardInterrupt):
+        pl.predict_pool(dies_on_third_chunk, pool, tmp_path, chunk_tracks=3, progress=False)
+    assert len(list((tmp_path / "parts").glob("*.npz"))) == 2 and not list((tmp_path / "parts").glob(".*"))
+    calls.clear()
+    # Resumed as two shards: only the chunks that were lost are predicted.
+    assert not pl.predict_pool(dies_on_third_chunk, pool, tmp_path, shard=(0, 2), chunk_tracks=3, progress=False)
+    assert pl.predict_pool(teacher_logits, pool, tmp_path, shard=(1, 2), chunk_tracks=3, progress=False)
+    assert calls == [pool[6:9]]
+    merged = pl.merged_pool_logits(tmp_path, pool, chunk_tracks=3)
+    np.testing.assert_array_equal(merged, teacher_logits(pool)[1])
+
+
+def test_manifest_refuses_another_teacher(tmp_path):
+    pl.check_manifest(tmp_path, {"teacher": "a", "pool": "1"})
+    pl.check_manifest(tmp_path, {"teacher": "a", "pool": "1"})
+    with pytest.raises(DataError, match="teacher"):
+        pl.check_manifest(tmp_path, {"teacher": "b", "pool": "1"})
+
+
+def test_unknown_pseudo_labels_do_not_reach_the_students_loss(tmp_path, rng):
+    """labels.npz -> the training engineer's reader -> masked BCE equals BCE over the confident entries alone."""
+    torch = pytest.importorskip("torch")
+    from moodtag.data.datasets import read_pseudo_labels
+    from moodtag.training.module import masked_bce_with_logits
+
+    probabilities = rng.uniform(size=(40, 3)) ** 3
+    targets = pl.hard_labels(probabilities, pl.fixed_thresholds(TAGS, t_pos=0.3, t_neg=0.01))
+    pl.save_labels(tmp_path / "labels.npz", [f"t{i}" for i in range(40)], TAGS, targets)
+    _, read = read_pseudo_labels(tmp_path / "labels.npz", TAGS)
+    logits = rng.normal(size=(40, 3))
+    loss, n_known = masked_bce_with_logits(torch.tensor(logits), torch.tensor(read))
+    known = ~np.isnan(targets)
+    p = 1 / (1 + np.exp(-logits[known]))
+    expected = -np.mean(targets[known] * np.log(p) + (1 - targets[known]) * np.log(1 - p))
+    assert int(n_known) == known.sum() and 0 < known.sum() < targets.size
+    assert float(loss) == pytest.approx(expected, rel=1e-5)

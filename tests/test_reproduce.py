@@ -13,6 +13,7 @@ from moodtag.errors import ConfigError
 from moodtag.features import FeatureParams, TrackFeatures
 from moodtag.reproduce import PAPER_RESULTS, TABLE_METRICS, EnsembleSpec, plan_rows, reproduce, resolve_config_dir
 from moodtag.store import FeatureStore
+from moodtag.training.pseudo_label import fixed_thresholds, hard_labels
 
 TAGS = ["mood/theme---calm", "mood/theme---dark", "mood/theme---happy"]
 SPLIT_SIZES = {"train": 16, "validation": 9, "test": 9, "unlabelled": 8}
@@ -106,10 +107,26 @@ def test_reproduce_runs_every_row_and_a_rerun_does_nothing(tmp_path, rng, capsys
         return {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}
 
     before, results_before = run_files(), (out / "results.json").read_text()
+    check_sharded_pseudo_labels(main, out / "runs" / "long-hpcp", tmp_path)
     assert main(["reproduce", str(tmp_path / "configs"), "--data-root", str(tmp_path / "corpus"), "--out", str(out), "-q"]) == 0
     assert run_files() == before
     assert (out / "results.json").read_text() == results_before
     assert "| ensemble |" in capsys.readouterr().out
+
+
+def check_sharded_pseudo_labels(main, teacher, tmp_path) -> None:
+    """`moodtag pseudo-label` in two shards of 3-track chunks gives the teacher's logits of the one-go run."""
+    pool, folder = tmp_path / "corpus" / "splits" / "unlabelled.tsv", tmp_path / "sharded"
+    args = ["pseudo-label", str(teacher), "--pool", str(pool), "--out", str(folder), "--thresholds", "fixed",
+            "--t-pos", "0.5", "--t-neg", "0.45", "--chunk-tracks", "3", "-q"]
+    assert main(args + ["--shard", "1/2"]) == 0 and not (folder / "labels.npz").exists()
+    assert main(args + ["--shard", "0/2"]) == 0
+    with np.load(folder / "predictions.npz") as sharded, np.load(teacher / "pseudo-labels" / "predictions.npz") as whole:
+        assert list(sharded["track_ids"]) == list(whole["track_ids"])
+        np.testing.assert_allclose(sharded["logits"], whole["logits"], atol=1e-5)
+        expected = hard_labels(sharded["probabilities"], fixed_thresholds(TAGS, t_pos=0.5, t_neg=0.45))
+    with np.load(folder / "labels.npz") as labels:
+        np.testing.assert_array_equal(labels["targets"], expected)
 
 
 def test_plan_orders_teachers_before_students_and_finds_packaged_configs(tmp_path):

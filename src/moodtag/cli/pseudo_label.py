@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from . import add_command
-from ..training.pseudo_label import PAPER_T_NEG, PAPER_T_POS
+from ..training.pseudo_label import CHUNK_TRACKS, PAPER_T_NEG, PAPER_T_POS
 
 
 def register(subparsers) -> None:
@@ -17,6 +17,8 @@ def register(subparsers) -> None:
     parser.add_argument("--shard", metavar="i/N",
                         help="predict only every N-th chunk of the pool starting at chunk i; the run that completes "
                              "the pool writes the labels")
+    parser.add_argument("--chunk-tracks", type=int, default=CHUNK_TRACKS, metavar="N",
+                        help=f"tracks per prediction chunk, the unit of resumption and sharding (default {CHUNK_TRACKS})")
     parser.add_argument("--thresholds", choices=("derived", "fixed"), default="derived",
                         help="derived: the paper's rule on the teacher's train + validation scores (default); "
                              "fixed: --t-pos / --t-neg")
@@ -31,7 +33,8 @@ def run(args) -> int:
 
     result = pl.pseudo_label(
         args.teacher_run, args.pool, store=args.features, out_dir=args.out, shard=pl.parse_shard(args.shard),
-        rule=args.thresholds, scope=args.scope, t_pos=args.t_pos, t_neg=args.t_neg, quiet=args.quiet,
+        rule=args.thresholds, scope=args.scope, t_pos=args.t_pos, t_neg=args.t_neg,
+        chunk_tracks=args.chunk_tracks, quiet=args.quiet,
     )
     if result is None:
         print(f"shard {args.shard} done; the labels are written once every chunk of the pool is predicted")

@@ -263,13 +263,17 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return shard
 
 
-def pool_chunks(track_ids: Sequence[str], shard: tuple[int, int] = (0, 1)) -> list[tuple[int, list[str]]]:
+def pool_chunks(
+    track_ids: Sequence[str], shard: tuple[int, int] = (0, 1), *, chunk_tracks: int = CHUNK_TRACKS
+) -> list[tuple[int, list[str]]]:
     """The (chunk index, track ids) this shard predicts: chunk k holds tracks [k·C, (k+1)·C) and goes to shard k mod N.
 
     Chunks do not depend on N, so a pool started with one shard count can be finished with another.
     """
+    if chunk_tracks < 1:
+        raise DataError(f"chunk size must be positive, got {chunk_tracks}")
     index, count = shard
-    chunks = [list(track_ids[start : start + CHUNK_TRACKS]) for start in range(0, len(track_ids), CHUNK_TRACKS)]
+    chunks = [list(track_ids[start : start + chunk_tracks]) for start in range(0, len(track_ids), chunk_tracks)]
     return [(k, ids) for k, ids in enumerate(chunks) if k % count == index]
 
 
@@ -279,6 +283,7 @@ def predict_pool(
     out_dir: str | os.PathLike,
     *,
     shard: tuple[int, int] = (0, 1),
+    chunk_tracks: int = CHUNK_TRACKS,
     progress: bool = True,
 ) -> bool:
     """Predict this shard's missing chunks into `out_dir/parts/<k>.npz` (track_ids, logits); True when the pool is done.
@@ -288,7 +293,8 @@ def predict_pool(
     from tqdm import tqdm
 
     parts = Path(out_dir) / "parts"
-    todo = [(k, ids) for k, ids in pool_chunks(track_ids, shard) if not _part_path(parts, k).is_file()]
+    chunks = pool_chunks(track_ids, shard, chunk_tracks=chunk_tracks)
+    todo = [(k, ids) for k, ids in chunks if not _part_path(parts, k).is_file()]
     for k, ids in tqdm(todo, desc="pseudo-label: predicting pool chunks", unit="chunk", disable=not progress):
         predicted_ids, logits = predict(ids)
         if list(predicted_ids) != ids:
@@ -296,7 +302,7 @@ def predict_pool(
         with atomic_path(_part_path(parts, k)) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, track_ids=np.array(ids, dtype=str), logits=np.asarray(logits, dtype=np.float32))
-    every = pool_chunks(track_ids)
+    every = pool_chunks(track_ids, chunk_tracks=chunk_tracks)
     return all(_part_path(parts, k).is_file() for k, _ in every)
 
 
@@ -304,10 +310,11 @@ def _part_path(parts: Path, k: int) -> Path:
     return parts / f"{k:05d}.npz"
 
 
-def merged_pool_logits(out_dir: str | os.PathLike, track_ids: Sequence[str]) -> np.ndarray:
+def merged_pool_logits(out_dir: str | os.PathLike, track_ids: Sequence[str], *, chunk_tracks: int = CHUNK_TRACKS) -> np.ndarray:
     """(n_pool, n_tags) teacher logits of every pool track in `track_ids` order, from the chunk files."""
     parts = Path(out_dir) / "parts"
-    merged = merge_shards([_part_path(parts, k) for k, _ in pool_chunks(track_ids)], expected=list(track_ids))
+    chunks = pool_chunks(track_ids, chunk_tracks=chunk_tracks)
+    merged = merge_shards([_part_path(parts, k) for k, _ in chunks], expected=list(track_ids))
     return merged["logits"]
 
 
@@ -323,7 +330,7 @@ def check_manifest(out_dir: str | os.PathLike, manifest: dict) -> None:
     atomic_write_text(path, json.dumps(manifest, indent=2))
 
 
-def pool_manifest(teacher_run: Path, checkpoint: Path, track_ids: Sequence[str]) -> dict:
+def pool_manifest(teacher_run: Path, checkpoint: Path, track_ids: Sequence[str], chunk_tracks: int = CHUNK_TRACKS) -> dict:
     """What the chunk files depend on: the teacher, its checkpoint file, the pool and the chunk size."""
     stat = checkpoint.stat()
     return {
@@ -331,7 +338,7 @@ def pool_manifest(teacher_run: Path, checkpoint: Path, track_ids: Sequence[str])
         "checkpoint": f"{checkpoint.name} {stat.st_size} {int(stat.st_mtime)}",
         "pool": hashlib.sha256("\n".join(track_ids).encode()).hexdigest()[:16],
         "tracks": len(track_ids),
-        "chunk_tracks": CHUNK_TRACKS,
+        "chunk_tracks": chunk_tracks,
     }
 
 
@@ -385,6 +392,7 @@ def pseudo_label(
     scope: str = "per-tag",
     t_pos: float = PAPER_T_POS,
     t_neg: float = PAPER_T_NEG,
+    chunk_tracks: int = CHUNK_TRACKS,
     quiet: bool = False,
 ) -> PseudoLabels | None:
     """Pseudo-label the pool TSV `pool` with the teacher run; None when other shards still have chunks to predict.
@@ -405,15 +413,16 @@ def pseudo_label(
     _, config, tags = load_model(teacher_run)
     store = FeatureStore(store if store is not None else config.data.path(config.data.features))
     track_ids = _pool_with_features(read_split(pool).track_ids, store, out_dir, pool)
-    check_manifest(out_dir, pool_manifest(teacher_run, teacher_run / "checkpoints" / "best.ckpt", track_ids))
+    check_manifest(out_dir, pool_manifest(teacher_run, teacher_run / "checkpoints" / "best.ckpt", track_ids, chunk_tracks))
     finished = _finished(out_dir, rule, scope, t_pos, t_neg)
     if finished is not None:
         log.info("%s: pseudo-labels already made with these settings", out_dir)
         return finished
-    done = predict_pool(lambda ids: predict(teacher_run, ids, store), track_ids, out_dir, shard=shard, progress=not quiet)
+    done = predict_pool(lambda ids: predict(teacher_run, ids, store), track_ids, out_dir, shard=shard,
+                        chunk_tracks=chunk_tracks, progress=not quiet)
     if not done:
         return None
-    logits = merged_pool_logits(out_dir, track_ids)
+    logits = merged_pool_logits(out_dir, track_ids, chunk_tracks=chunk_tracks)
     if rule == "fixed":
         thresholds = fixed_thresholds(tags, t_pos=t_pos, t_neg=t_neg)
     else:
