@@ -6,7 +6,12 @@ noisy-student-emotion-training, models.py: ``CRNNBlock``, ``HPCPModel``, ``Noisy
 three 64-channel residual conv blocks per branch with 2x2 GeM pooling (p = 3, learnt), a one-layer bidirectional GRU
 with 256 hidden units whose final forward and backward states are concatenated and projected (linear + ReLU) to
 d = 256, and fusion linear(512 -> 256) -> ReLU -> linear(256 -> tags). The student's stochastic blocks sit where the
-released code puts them: after the first conv block of each branch, at that block's channel count.
+released code puts them: after the first conv block of each branch, at that block's channel count (their number and
+bypass probability follow the paper's text, 3 and 0.1, where the released script used 4 kept with probability 0.95).
+Where we differ on purpose: a channel change on the skip path goes through a 1x1 projection (the released code adds
+the one-channel input by broadcasting), and pooling uses ceil mode so any length works, which leaves the HPCP branch
+2 pitch bins after three 2x2 pools instead of 1. Long-mode inputs are zero-padded upstream; with ``gru_pool="last"``
+the forward state has read through that padding, as in the released code.
 
 The model is pure: tensors in, logits out (use ``BCEWithLogitsLoss``); it knows nothing of files or training.
 """
