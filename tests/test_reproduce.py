@@ -9,7 +9,7 @@ import pytest
 
 from moodtag import ensemble
 from moodtag.data.splits import Split, write_split
-from moodtag.errors import ConfigError
+from moodtag.errors import ConfigError, DataError
 from moodtag.features import FeatureParams, TrackFeatures
 from moodtag.reproduce import PAPER_RESULTS, TABLE_METRICS, EnsembleSpec, plan_rows, reproduce, resolve_config_dir
 from moodtag.store import FeatureStore
@@ -131,7 +131,7 @@ def check_sharded_pseudo_labels(main, teacher, tmp_path) -> None:
 
 def test_plan_orders_teachers_before_students_and_finds_packaged_configs(tmp_path):
     write_configs(tmp_path / "configs")
-    rows = plan_rows(tmp_path / "configs", tmp_path / "out")
+    rows = plan_rows(tmp_path / "configs", tmp_path / "out", data_root=tmp_path)
     order = [row.name for row in rows]
     assert order.index("long-hpcp") < order.index("long-hpcp-noisy") and order[-1] == "ensemble"
     assert rows[-1].depends == ("short-hpcp", "long-hpcp-noisy")
@@ -147,10 +147,21 @@ def test_plan_rejects_unknown_teachers_and_skips_an_impossible_ensemble(tmp_path
     (tmp_path / "configs" / "short-hpcp-noisy.yaml").write_text(STUDENT.format(teacher="short-hpcp").replace(
         "student: {teacher: short-hpcp", "student: {teacher: nobody"))
     with pytest.raises(ConfigError, match="nobody"):
-        plan_rows(tmp_path / "configs", tmp_path / "out")
+        plan_rows(tmp_path / "configs", tmp_path / "out", data_root=tmp_path)
     (tmp_path / "configs" / "short-hpcp-noisy.yaml").unlink()
-    rows = plan_rows(tmp_path / "configs", tmp_path / "out", ensemble=EnsembleSpec(short="short-hpcp-noisy"))
+    rows = plan_rows(tmp_path / "configs", tmp_path / "out", data_root=tmp_path, ensemble=EnsembleSpec(short="short-hpcp-noisy"))
     assert "ensemble" not in [row.name for row in rows]
+    with pytest.raises(ConfigError, match="--data-root"):
+        plan_rows(tmp_path / "configs", tmp_path / "out")
+
+
+def test_rows_that_cannot_run_are_reported_and_their_dependents_skipped(tmp_path, rng):
+    write_corpus(tmp_path / "corpus", rng)
+    write_configs(tmp_path / "configs")
+    (tmp_path / "corpus" / "tags.txt").write_text("mood/theme---calm\n")  # the splits use tags it lacks
+    with pytest.raises(DataError, match="no teacher row finished") as caught:
+        reproduce(tmp_path / "configs", data_root=tmp_path / "corpus", out_dir=tmp_path / "out", quiet=True)
+    assert "long-hpcp-noisy: not run because long-hpcp failed" in str(caught.value)
 
 
 def test_paper_numbers_match_the_released_predictions(shared_dir):

@@ -32,7 +32,7 @@ from . import ensemble as ens
 from . import evaluate as evaluation
 from .atomic import atomic_write_text
 from .config import RunConfig, load_config
-from .errors import ConfigError
+from .errors import ConfigError, DataError, MoodtagError
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,7 @@ class Results:
     steps_run: list[str]
     alpha: dict | None = None
     test: TestScores | None = dataclasses.field(default=None, repr=False)
+    failures: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def row(self, name: str) -> RowResult:
         return next(r for r in self.rows if r.name == name)
@@ -125,6 +126,7 @@ class Results:
             "config_dir": str(self.config_dir),
             "rows": [r.to_dict() for r in self.rows],
             "alpha": self.alpha,
+            "failures": self.failures,
         }
 
     def table(self, *, thresholds: str = "oracle", paper: bool = True) -> str:
@@ -177,6 +179,8 @@ def plan_rows(
         if path.name.startswith("_"):
             continue
         config = load_config(path, overrides=overrides, data_root=data_root, run_dir=out_dir / "runs" / path.stem)
+        if config.data.root is None:
+            raise ConfigError(f"{path}: data.root is not set; pass --data-root DIR (the corpus folder)")
         if config.name in rows:
             raise ConfigError(f"{path}: a second row named {config.name!r}")
         teacher = (config.student.teacher,) if config.student is not None else ()
@@ -232,20 +236,36 @@ def reproduce(
     config_dir = resolve_config_dir(config_dir)
     out_dir = Path(out_dir).resolve()
     rows = plan_rows(config_dir, out_dir, data_root=data_root, overrides=overrides, ensemble=ensemble)
-    by_name = {row.name: row for row in rows}
     steps_run: list[str] = []
+    failures: dict[str, str] = {}
     for row in rows:
+        blocked = [name for name in row.depends if name in failures]
+        if blocked:
+            failures[row.name] = f"not run because {', '.join(blocked)} failed"
+            continue
         log.info("reproduce: %s (%s)", row.name, row.kind)
-        if row.kind == "teacher":
-            steps_run += _train_and_predict(row.config, quiet)
-        elif row.kind == "student":
-            steps_run += _run_student(row, by_name[row.depends[0]], quiet)
-        else:
-            steps_run += _run_ensemble(row, by_name, ensemble)
-    results = evaluate_rows(rows, config_dir, out_dir, steps_run, paper=config_dir.name == "paper")
+        try:
+            steps_run += _run_row(row, {r.name: r for r in rows}, ensemble, quiet)
+        except MoodtagError as err:
+            # One row's bad data or config must not cost the rows that do not depend on it.
+            log.error("%s: %s", row.name, err)
+            failures[row.name] = str(err)
+    finished = [row for row in rows if row.name not in failures]
+    if not any(row.kind == "teacher" for row in finished):
+        raise DataError(f"{config_dir}: no teacher row finished: " + "; ".join(f"{k}: {v}" for k, v in failures.items()))
+    results = evaluate_rows(finished, config_dir, out_dir, steps_run, paper=config_dir.name == "paper")
+    results.failures = failures
     write_results(results)
-    _write_report(results, rows)
+    _write_report(results, finished)
     return results
+
+
+def _run_row(row: Row, by_name: dict[str, Row], spec: EnsembleSpec | None, quiet: bool) -> list[str]:
+    if row.kind == "teacher":
+        return _train_and_predict(row.config, quiet)
+    if row.kind == "student":
+        return _run_student(row, by_name[row.depends[0]], quiet)
+    return _run_ensemble(row, by_name, spec)
 
 
 def _completed(run_dir: Path) -> bool:
@@ -375,6 +395,8 @@ def results_markdown(results: Results) -> str:
     ]
     if results.alpha:
         lines.append(f"Ensemble alpha = {results.alpha['alpha']:.2f} (validation {results.alpha['metric']}).")
+    if results.failures:
+        lines += ["", "Rows that did not finish:", ""] + [f"- {name}: {why}" for name, why in results.failures.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -1,6 +1,7 @@
 """`moodtag reproduce CONFIG_DIR`: train, pseudo-label, ensemble and evaluate every Table 1 row, then report."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from . import add_command
@@ -39,4 +40,6 @@ def run(args) -> int:
                         overrides=args.overrides, ensemble=spec, quiet=args.quiet)
     print(results.table())
     print(f"\nresults: {results.out_dir / 'results.md'}\nreport: {results.out_dir / 'report' / 'report.md'}")
-    return 0
+    for name, why in results.failures.items():
+        print(f"moodtag: error: {name}: {why}", file=sys.stderr)
+    return 1 if results.failures else 0
