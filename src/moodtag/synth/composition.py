@@ -217,8 +217,7 @@ def render_track(params: dict) -> np.ndarray:
         mix *= 1 + sections.climax + 0.5 * sections.buildup
     if sections.breakdown is not None:
         mix *= 1 - 0.6 * sections.breakdown
-    mix = inst.reverb(mix, rt60=params["reverb"]["rt60"], wet=params["reverb"]["wet"], rng=rng)
-    mix = _brighten(mix, params["brightness"], sections.climax)
+    mix = _room(mix, params, sections.climax, rng)
     mix *= _master_envelope(params, n, score.bar, rng)
     peak = float(np.max(np.abs(mix)))
     return (mix * (params["peak"] / peak)).astype(np.float32)
@@ -229,12 +228,12 @@ def cutoff(brightness: float) -> float:
     return 1500.0 * 10.0**brightness
 
 
-def _brighten(mix: np.ndarray, brightness: float, climax: np.ndarray | None) -> np.ndarray:
-    """The brightness low-pass; a climax opens the filter (brightness + 0.4) while it lasts."""
-    dull = inst.lowpass(mix, cutoff(brightness))
-    if climax is None:
-        return dull
-    return dull * (1 - climax) + inst.lowpass(mix, cutoff(min(1.0, brightness + 0.4))) * climax
+def _room(mix: np.ndarray, params: dict, climax: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+    """Reverb and the brightness low-pass; a climax opens the filter (brightness + 0.4) while it lasts."""
+    brightness = params["brightness"]
+    cutoffs = (cutoff(brightness),) if climax is None else (cutoff(brightness), cutoff(min(1.0, brightness + 0.4)))
+    out = inst.room(mix, rt60=params["reverb"]["rt60"], wet=params["reverb"]["wet"], cutoffs=cutoffs, rng=rng)
+    return out[0] if climax is None else out[0] * (1 - climax) + out[1] * climax
 
 
 def _master_envelope(params: dict, n: int, bar: float, rng: np.random.Generator) -> np.ndarray:

@@ -33,12 +33,12 @@ def envelope(n: int, *, attack: float, decay: float, release: float = 0.05) -> n
 
 
 def additive(freq: float, n: int, *, brightness: float, detune_cents: float, attack: float, decay: float) -> np.ndarray:
-    """Organ/pad tone: harmonics k with amplitude k^-rolloff, two oscillators detuned by ±`detune_cents` (chorus).
+    """Organ/pad tone: up to 40 harmonics k with amplitude k^-rolloff, two oscillators detuned by ±`detune_cents` (chorus).
 
     Read from a one-period wavetable, so the cost does not grow with the number of harmonics.
     """
     rolloff = 2.6 - 1.6 * brightness
-    n_harmonics = int(max(1, min(16, (SR / 2 - 1000) // freq)))
+    n_harmonics = int(max(1, min(40, (SR / 2 - 1000) // freq)))
     phase = np.arange(_TABLE_SIZE) / _TABLE_SIZE
     k = np.arange(1, n_harmonics + 1)[:, None]
     table = np.sum(k**-rolloff * np.sin(2 * np.pi * k * phase + k), axis=0)
@@ -152,25 +152,27 @@ def filtered(audio: np.ndarray, *, low: float | None = None, high: float | None 
     return scipy.fft.irfft(spectrum * gain, size)[: len(audio)].astype(np.float32)
 
 
-def lowpass(audio: np.ndarray, cutoff: float) -> np.ndarray:
-    """Fourth-order Butterworth low-pass: the corpus's brightness control."""
-    return filtered(audio, high=cutoff)
+def room(audio: np.ndarray, *, rt60: float, wet: float, cutoffs: tuple[float, ...], rng: np.random.Generator) -> list[np.ndarray]:
+    """Room reverb, then the brightness low-pass at each of `cutoffs` (4th-order Butterworth magnitude).
 
-
-def reverb(audio: np.ndarray, *, rt60: float, wet: float, rng: np.random.Generator) -> np.ndarray:
-    """Room reverb: FFT convolution with exponentially decaying noise (-60 dB after `rt60` seconds), same length out.
-
-    The reverberant part is computed at a quarter of the sample rate (a room's tail carries little above 5 kHz) and
-    held back up to full rate; callers low-pass after it.
+    The reverb is an FFT convolution with exponentially decaying noise (-60 dB after `rt60` seconds), band-limited
+    to a quarter of the sample rate (a room's tail carries little above 5 kHz). Both happen on one spectrum of the
+    track: with a full-rate DFT of size 4m, the quarter-rate IR's size-m DFT multiplies the first m/2 + 1 bins
+    directly (ideal decimation and interpolation), so the whole track costs one forward and one inverse FFT per
+    cutoff. Returns one (n_samples,) float32 signal per cutoff.
     """
-    factor = 4
-    rate = SR // factor
+    rate = SR // 4
     t = np.arange(int(min(rt60, 1.5) * rate)) / rate
     ir = rng.standard_normal(len(t)) * np.exp(-6.9 * t / rt60)
     ir /= np.sqrt(np.sum(ir**2)) + 1e-9
-    padded = np.concatenate([audio, np.zeros(-len(audio) % factor, dtype=np.float32)])
-    send = padded.reshape(-1, factor).mean(axis=1)
-    size = scipy.fft.next_fast_len(len(send) + len(ir), real=True)
-    tail = scipy.fft.irfft(scipy.fft.rfft(send, size) * scipy.fft.rfft(ir, size), size)[: len(send)]
-    tail = np.repeat(tail.astype(np.float32), factor)[: len(audio)]
-    return ((1 - wet) * audio + wet * tail).astype(np.float32)
+    m = scipy.fft.next_fast_len(-(-len(audio) // 4) + len(ir), real=True)
+    # Single precision throughout: complex64 FFTs are twice as fast and far more precise than 16-bit output.
+    dry = scipy.fft.rfft(audio.astype(np.float32), 4 * m)
+    spectrum = np.float32(1 - wet) * dry
+    spectrum[: m // 2 + 1] += np.float32(wet) * dry[: m // 2 + 1] * scipy.fft.rfft(ir.astype(np.float32), m)
+    freq = np.fft.rfftfreq(4 * m, 1 / SR).astype(np.float32)
+    outputs = []
+    for c in cutoffs:
+        gain = 1 / np.sqrt(1 + (freq / np.float32(min(c, 0.45 * SR))) ** 8)
+        outputs.append(scipy.fft.irfft(spectrum * gain, 4 * m)[: len(audio)])
+    return outputs
