@@ -6,7 +6,6 @@ training curves from each run's metrics.csv, and the pseudo-label counts of each
 from __future__ import annotations
 
 import csv
-import logging
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,8 +16,6 @@ from .atomic import atomic_path, atomic_write_text
 
 if TYPE_CHECKING:
     from .reproduce import Results
-
-log = logging.getLogger(__name__)
 
 N_CURVE_TAGS = 4
 
@@ -65,7 +62,8 @@ def pr_curves_figure(results: "Results", curves: dict[str, tuple[np.ndarray, np.
     from sklearn.metrics import precision_recall_curve
 
     plt = _pyplot()
-    chosen = list(np.argsort(-labels.sum(axis=0), kind="stable")[:N_CURVE_TAGS])
+    positives = labels.sum(axis=0).astype(np.int64)  # uint8 labels sum to an unsigned type that negation would wrap
+    chosen = [tag for tag in np.argsort(-positives, kind="stable")[:N_CURVE_TAGS] if positives[tag] > 0]
     figure, axes = plt.subplots(1, len(chosen), figsize=(3.2 * len(chosen), 3.2), squeeze=False)
     for ax, tag in zip(axes[0], chosen):
         for name, scores in curves.items():
