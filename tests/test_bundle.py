@@ -236,8 +236,9 @@ def test_onnx_models_match_pytorch(tmp_path, rng):
     # The tagger's ONNX backend gives the PyTorch backend's results.
     features = TrackFeatures(rng.random((128, 200), dtype=np.float32), rng.random((12, 500), dtype=np.float32),
                              23.2, 44100, PARAMS.hash)
-    by_torch = Tagger.load(bundle_dir).tag_features(features, timeline=True).to_dict()
-    by_onnx = Tagger.load(bundle_dir, backend="onnx").tag_features(features, timeline=True).to_dict()
+    by_torch = Tagger.load(bundle_dir, backend="torch").tag_features(features, timeline=True).to_dict()
+    by_onnx = Tagger.load(bundle_dir).tag_features(features, timeline=True).to_dict()  # auto: ONNX when exported
+    assert load_bundle(bundle_dir).has_onnx()
     for tag in TAGS:
         assert by_onnx["probabilities"][tag] == pytest.approx(by_torch["probabilities"][tag], abs=ONNX_ATOL)
         assert by_onnx["timeline"][-1]["probabilities"][tag] == pytest.approx(

@@ -1,8 +1,6 @@
 """Tagger: chunk and timeline arithmetic, aggregation against a hand computation, thresholds, bad input, CLI."""
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 

@@ -30,7 +30,7 @@ from .features.params import FeatureParams
 BUNDLE_FILE = "bundle.json"
 BUNDLE_FORMAT = 1
 MODES = ("long", "short")
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx")
 
 
 class BundleError(MoodtagError):
@@ -86,11 +86,21 @@ class Bundle:
         probabilities = np.asarray(probabilities)
         return decide(np.atleast_2d(probabilities), self.thresholds).reshape(probabilities.shape)
 
-    def runners(self, backend: str = "torch") -> list["MemberRunner"]:
+    def runners(self, backend: str = "auto") -> list["MemberRunner"]:
+        """Callables running each member: with PyTorch, with onnxruntime, or "auto": onnxruntime when every member
+        has an ONNX model and onnxruntime is installed (2-3x faster on CPU, see benchmarks/tagging.py), else PyTorch."""
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+        if backend == "auto":
+            backend = "onnx" if self.has_onnx() else "torch"
         build = _torch_runner if backend == "torch" else _onnx_runner
         return [MemberRunner(member, build(self, member)) for member in self.members]
+
+    def has_onnx(self) -> bool:
+        """Every member has an ONNX model and onnxruntime can be imported."""
+        import importlib.util
+
+        return all(m.onnx for m in self.members) and importlib.util.find_spec("onnxruntime") is not None
 
     def build_model(self, member: Member):
         """The member's MoodCRNN (eval mode, CPU) with its weights."""

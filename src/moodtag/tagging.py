@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import logging
 import multiprocessing
 import os
 from pathlib import Path
@@ -37,8 +36,6 @@ from .bundle import Bundle, MemberRunner, load_bundle
 from .data.datasets import chunk_count, crop
 from .errors import AudioError, MoodtagError
 from .features import TrackFeatures, compute_features
-
-log = logging.getLogger(__name__)
 
 DEFAULT_TOP_K = 5
 # Chunks per forward pass: bounds activation memory for hour-long tracks.
@@ -120,7 +117,8 @@ def window_seconds(windows: Sequence[tuple[int, int]], duration: float, step_sec
 class Tagger:
     """A loaded bundle, ready to tag files, arrays or whole libraries (the model is loaded once)."""
 
-    def __init__(self, bundle: Bundle, *, backend: str = "torch", top_k: int = DEFAULT_TOP_K):
+    def __init__(self, bundle: Bundle, *, backend: str = "auto", top_k: int = DEFAULT_TOP_K):
+        """backend: "torch", "onnx", or "auto" (ONNX when the bundle was exported with --onnx, else PyTorch)."""
         if top_k < 0:
             raise MoodtagError(f"top_k must be 0 or more, got {top_k}")
         self.bundle = bundle
@@ -128,7 +126,7 @@ class Tagger:
         self.top_k = top_k
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, backend: str = "torch", top_k: int = DEFAULT_TOP_K) -> "Tagger":
+    def load(cls, path: str | os.PathLike, *, backend: str = "auto", top_k: int = DEFAULT_TOP_K) -> "Tagger":
         """Load a bundle written by `moodtag export` (checks its feature hash and version)."""
         return cls(load_bundle(path), backend=backend, top_k=top_k)
 
@@ -160,6 +158,8 @@ class Tagger:
         A file that cannot be decoded raises AudioError, or, with `on_error`, is reported as
         `on_error(path, reason)` and skipped.
         """
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
         for path, outcome in iter_features(paths, self.bundle, workers=workers):
             if isinstance(outcome, str):
                 if on_error is None:
@@ -188,9 +188,7 @@ class Tagger:
         if timeline:
             spans = window_seconds(windows, features.duration, self.bundle.feature_params.mel_step_seconds)
             combined = self.bundle.combine(window_parts)
-            result.timeline = [
-                self._segment(start, end, row) for (start, end), row in zip(spans, combined)
-            ]
+            result.timeline = [self._segment(start, end, row) for (start, end), row in zip(spans, combined)]
         return result
 
     def _run_member(self, runner: MemberRunner, mel, hpcp, windows) -> tuple[np.ndarray, np.ndarray | None]:
@@ -232,28 +230,27 @@ class Tagger:
         return batch
 
     def _result(self, probabilities: np.ndarray, path, duration: float, *, padded: bool) -> TagResult:
-        tags = self.bundle.tags
-        order = np.argsort(-probabilities, kind="stable")
-        above = self.bundle.decide(probabilities)
+        order, above = self._ranked(probabilities)
         return TagResult(
             path=path,
             duration=float(duration),
             padded=bool(padded),
-            probabilities={tag: float(p) for tag, p in zip(tags, probabilities)},
-            tags=[tags[i] for i in order if above[i]],
-            top_k=[(tags[i], float(probabilities[i])) for i in order[: self.top_k]],
+            probabilities=self._named(probabilities),
+            tags=above,
+            top_k=[(self.tags[i], float(probabilities[i])) for i in order[: self.top_k]],
         )
 
     def _segment(self, start: float, end: float, probabilities: np.ndarray) -> Segment:
-        tags = self.bundle.tags
-        above = self.bundle.decide(probabilities)
+        return Segment(float(start), float(end), self._named(probabilities), self._ranked(probabilities)[1])
+
+    def _ranked(self, probabilities: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """Tag indices by decreasing probability, and the tags above their thresholds in that order."""
         order = np.argsort(-probabilities, kind="stable")
-        return Segment(
-            start=float(start),
-            end=float(end),
-            probabilities={tag: float(p) for tag, p in zip(tags, probabilities)},
-            tags=[tags[i] for i in order if above[i]],
-        )
+        above = self.bundle.decide(probabilities)
+        return order, [self.tags[i] for i in order if above[i]]
+
+    def _named(self, probabilities: np.ndarray) -> dict[str, float]:
+        return {tag: float(p) for tag, p in zip(self.tags, probabilities)}
 
 
 def track_features(path: str | os.PathLike, bundle: Bundle) -> TrackFeatures:

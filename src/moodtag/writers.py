@@ -164,7 +164,7 @@ class ResultWriter:
             os.replace(partial_path(self.output), self.output)
 
 
-def read_records(path: str | os.PathLike, fmt: str, tags: Sequence[str] | None = None) -> list[dict]:
+def read_records(path: str | os.PathLike, fmt: str) -> list[dict]:
     """Track-level records of a JSON Lines or CSV output file (CSV rows give path, duration, padded, tags)."""
     text = Path(path).read_text(encoding="utf-8")
     if fmt == "jsonl":

@@ -33,8 +33,9 @@ def register(subparsers) -> None:
                              "default: CPUs - 1)")
     parser.add_argument("--failures", metavar="FILE",
                         help="write failed inputs as 'path<TAB>reason' (default: FILE.failures.tsv beside --output)")
-    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch",
-                        help="run the model with PyTorch or with onnxruntime (bundle exported with --onnx)")
+    parser.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
+                        help="run the model with PyTorch or onnxruntime; auto: onnxruntime when the bundle was "
+                             "exported with --onnx (faster on CPU), else PyTorch (default: auto)")
 
 
 def run(args) -> int:
