@@ -152,7 +152,8 @@ def test_pool_prediction_resumes_after_a_kill_and_merges_sharded_runs(tmp_path):
     assert not pl.predict_pool(dies_on_third_chunk, pool, tmp_path, shard=(0, 2), chunk_tracks=3, progress=False)
     assert pl.predict_pool(teacher_logits, pool, tmp_path, shard=(1, 2), chunk_tracks=3, progress=False)
     assert calls == [pool[6:9]]
-    merged = pl.merged_pool_logits(tmp_path, pool, chunk_tracks=3)
+    merged_ids, merged = pl.merged_pool_logits(tmp_path, pool, chunk_tracks=3)
+    assert merged_ids == pool
     np.testing.assert_array_equal(merged, teacher_logits(pool)[1])
 
 

@@ -297,11 +297,12 @@ def predict_pool(
     todo = [(k, ids) for k, ids in chunks if not _part_path(parts, k).is_file()]
     for k, ids in tqdm(todo, desc="pseudo-label: predicting pool chunks", unit="chunk", disable=not progress):
         predicted_ids, logits = predict(ids)
-        if list(predicted_ids) != ids:
-            raise DataError(f"chunk {k}: the teacher returned other tracks than it was given")
+        # The teacher leaves out tracks whose features turn out unreadable; anything else is a bug.
+        if not set(predicted_ids) <= set(ids):
+            raise DataError(f"chunk {k}: the teacher returned tracks it was not given")
         with atomic_path(_part_path(parts, k)) as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, track_ids=np.array(ids, dtype=str), logits=np.asarray(logits, dtype=np.float32))
+                np.savez(f, track_ids=np.array(predicted_ids, dtype=str), logits=np.asarray(logits, dtype=np.float32))
     every = pool_chunks(track_ids, chunk_tracks=chunk_tracks)
     return all(_part_path(parts, k).is_file() for k, _ in every)
 
@@ -310,12 +311,21 @@ def _part_path(parts: Path, k: int) -> Path:
     return parts / f"{k:05d}.npz"
 
 
-def merged_pool_logits(out_dir: str | os.PathLike, track_ids: Sequence[str], *, chunk_tracks: int = CHUNK_TRACKS) -> np.ndarray:
-    """(n_pool, n_tags) teacher logits of every pool track in `track_ids` order, from the chunk files."""
+def merged_pool_logits(
+    out_dir: str | os.PathLike, track_ids: Sequence[str], *, chunk_tracks: int = CHUNK_TRACKS
+) -> tuple[list[str], np.ndarray]:
+    """(predicted track ids, (n, n_tags) logits) in pool order from the chunk files; tracks the teacher left out
+    (unreadable features) are reported once."""
     parts = Path(out_dir) / "parts"
     chunks = pool_chunks(track_ids, chunk_tracks=chunk_tracks)
-    merged = merge_shards([_part_path(parts, k) for k, _ in chunks], expected=list(track_ids))
-    return merged["logits"]
+    merged = merge_shards([_part_path(parts, k) for k, _ in chunks])
+    row = {track_id: i for i, track_id in enumerate(map(str, merged["track_ids"]))}
+    if not set(row) <= set(track_ids):
+        raise DataError(f"{parts}: chunk files hold tracks outside the pool")
+    kept = [track_id for track_id in track_ids if track_id in row]
+    if len(kept) < len(track_ids):
+        log.warning("%s: %d pool tracks could not be predicted and get no pseudo-labels", parts, len(track_ids) - len(kept))
+    return kept, merged["logits"][[row[track_id] for track_id in kept]]
 
 
 def check_manifest(out_dir: str | os.PathLike, manifest: dict) -> None:
@@ -422,7 +432,7 @@ def pseudo_label(
                         chunk_tracks=chunk_tracks, progress=not quiet)
     if not done:
         return None
-    logits = merged_pool_logits(out_dir, track_ids, chunk_tracks=chunk_tracks)
+    track_ids, logits = merged_pool_logits(out_dir, track_ids, chunk_tracks=chunk_tracks)
     if rule == "fixed":
         thresholds = fixed_thresholds(tags, t_pos=t_pos, t_neg=t_neg)
     else:
