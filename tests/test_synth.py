@@ -115,6 +115,9 @@ def test_other_settings_and_bad_arguments_are_refused(corpus, tmp_path):
     for bad in ({"preset": "huge"}, {"audio_format": "mp3"}, {"workers": 0}, {"miss_rate": 1.5}, {"n_labelled": 2}):
         with pytest.raises(ConfigError):
             generate_corpus(tmp_path / "bad", **{**SMALL, **bad})
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ConfigError, match="not a directory"):
+        generate_corpus(tmp_path / "file", **SMALL)
 
 
 def test_cli_writes_a_corpus(tmp_path, capsys):

@@ -201,7 +201,10 @@ def _claim(out_dir: Path, settings: dict) -> None:
             changed = ", ".join(f"{k}={previous.get(k)!r}" for k in settings if previous.get(k) != settings[k])
             raise ConfigError(f"{out_dir}: holds a corpus made with other settings ({changed}); choose another --out")
     else:
-        atomic_write_text(marker, json.dumps(settings, indent=1) + "\n")
+        try:
+            atomic_write_text(marker, json.dumps(settings, indent=1) + "\n")
+        except OSError as err:
+            raise ConfigError(f"{out_dir}: cannot write the corpus there ({err.strerror or err})") from None
 
 
 def render_to_file(record: dict, audio_dir: Path, audio_format: str) -> str:
