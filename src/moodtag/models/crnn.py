@@ -193,13 +193,20 @@ class CRNNBranch(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.convs(x.unsqueeze(1))                      # (batch, channels, bins', time')
         x = x.permute(0, 3, 1, 2).flatten(2)                # (batch, time', channels * bins')
-        # The GRU runs in its weights' precision: CPU autocast leaves it in float32 while the convs emit bf16.
-        outputs, h_n = self.gru(x.to(self.gru.weight_ih_l0.dtype))
+        outputs, h_n = self._run_gru(x)
         if self.gru_pool == "last":
             summary = torch.cat([h_n[-2], h_n[-1]], dim=-1)  # top layer's final forward and backward states
         else:
             summary = outputs.mean(dim=1)
         return self.project(summary)
+
+    def _run_gru(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.device.type != "cpu":
+            return self.gru(x)
+        # On CPU the GRU runs step by step, and autocast would recast its weights to bf16 at every step (slower than
+        # float32 overall), so it runs in its weights' precision outside autocast.
+        with torch.autocast("cpu", enabled=False):
+            return self.gru(x.to(self.gru.weight_ih_l0.dtype))
 
 
 class MoodCRNN(nn.Module):
