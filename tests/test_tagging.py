@@ -160,6 +160,20 @@ def test_mel_only_model_needs_no_hpcp(tmp_path, models):
     np.testing.assert_allclose([result.probabilities[t] for t in TAGS], expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("rate", [44100, 48000])
+def test_streamed_features_equal_whole_track_features(tmp_path, rate):
+    from moodtag.audio import load_audio
+    from moodtag.streaming import GRID_SAMPLES, file_features
+
+    write_audio(tmp_path / "long.flac", tone(23.0, rate=rate, channels=2) * np.linspace(0.2, 1, int(23 * rate))[:, None], rate)
+    whole = compute_features(load_audio(tmp_path / "long.flac"))
+    # Segments of 4.6 s: five segment joins inside the track, the last segment shorter than the others.
+    streamed = file_features(tmp_path / "long.flac", stream_above_seconds=0, segment_samples=20 * GRID_SAMPLES)
+    np.testing.assert_array_equal(streamed.mel, whole.mel)
+    np.testing.assert_array_equal(streamed.hpcp, whole.hpcp)
+    assert streamed.duration == whole.duration
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Bad input and the command line
 

@@ -31,11 +31,12 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .audio import load_audio, resample
+from .audio import resample
 from .bundle import Bundle, MemberRunner, load_bundle
 from .data.datasets import chunk_count, crop
 from .errors import AudioError, MoodtagError
 from .features import TrackFeatures, compute_features
+from .streaming import file_features
 
 DEFAULT_TOP_K = 5
 # Chunks per forward pass: bounds activation memory for hour-long tracks.
@@ -254,9 +255,12 @@ class Tagger:
 
 
 def track_features(path: str | os.PathLike, bundle: Bundle) -> TrackFeatures:
-    """Decode one file and compute the bundle's features (raises AudioError for a bad file)."""
-    audio = load_audio(path, sample_rate=bundle.feature_params.sample_rate)
-    return compute_features(audio, bundle.feature_params)
+    """Decode one file and compute the bundle's features (raises AudioError for a bad file).
+
+    Files over ten minutes are decoded and featurised segment by segment (moodtag.streaming), so memory does not
+    grow with the length of a track.
+    """
+    return file_features(path, bundle.feature_params)
 
 
 def iter_features(
@@ -296,8 +300,7 @@ def _init_worker() -> None:
 def _features_job(path: str, params) -> TrackFeatures | str:
     """Features of one file, or the reason it failed (a plain string: it crosses the process boundary)."""
     try:
-        audio = load_audio(path, sample_rate=params.sample_rate)
-        return compute_features(audio, params)
+        return file_features(path, params)
     except AudioError as err:
         return err.reason
     except MemoryError:
