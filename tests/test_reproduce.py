@@ -113,6 +113,11 @@ def test_reproduce_runs_every_row_and_a_rerun_does_nothing(tmp_path, rng, capsys
     assert (out / "results.json").read_text() == results_before
     assert "| ensemble |" in capsys.readouterr().out
 
+    # Finished runs made with other settings are refused, not silently reused.
+    with pytest.raises(DataError, match="config differs"):
+        reproduce(tmp_path / "configs", data_root=tmp_path / "corpus", out_dir=out, overrides=["train.lr=0.5"], quiet=True)
+    assert run_files() == before
+
 
 def check_sharded_pseudo_labels(main, teacher, tmp_path) -> None:
     """`moodtag pseudo-label` in two shards of 3-track chunks gives the teacher's logits of the one-go run."""

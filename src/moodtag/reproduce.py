@@ -278,8 +278,10 @@ def _train_and_predict(config: RunConfig, quiet: bool) -> list[str]:
 
     done = []
     run_dir = Path(config.run_dir)
-    if not _completed(run_dir):
-        train(config, resume=True, quiet=quiet)
+    was_completed = _completed(run_dir)
+    # Called for finished runs too: it refuses a run made with other settings instead of reusing it silently.
+    train(config, resume=True, quiet=quiet)
+    if not was_completed:
         done.append(f"train {config.name}")
     for split in EVALUATED_SPLITS:
         if ens.ensure_predictions(run_dir, split, quiet=quiet):
