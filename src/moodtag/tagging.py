@@ -25,6 +25,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 import os
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -39,6 +41,8 @@ from .features import TrackFeatures, compute_features
 from .streaming import file_features
 
 DEFAULT_TOP_K = 5
+# A track in flight when a worker process died this many times is reported as failed.
+_MAX_WORKER_CRASHES = 2
 # Chunks per forward pass: bounds activation memory for hour-long tracks.
 MAX_CHUNKS_PER_BATCH = 32
 
@@ -268,27 +272,40 @@ def iter_features(
 ) -> Iterator[tuple[str, TrackFeatures | str]]:
     """(path, features or the reason it failed) per path, in order; `workers` > 0 decodes in that many processes.
 
-    At most 2 x workers tracks are in flight, so a slow model never lets decoded tracks pile up in memory.
+    At most 2 x workers tracks are in flight, so a slow model never lets decoded tracks pile up in memory. When a
+    worker dies (a crashing decoder, the out-of-memory killer), the tracks in flight are retried in a fresh pool, and
+    a track in flight at two crashes is reported as failed.
     """
-    paths = [str(p) for p in paths]
+    params = bundle.feature_params
+    queue = collections.deque(str(p) for p in paths)
     if workers <= 0:
-        for path in paths:
-            yield path, _features_job(path, bundle.feature_params)
-        return
-    context = multiprocessing.get_context("spawn")  # fork after torch has threads can deadlock
-    with context.Pool(workers, initializer=_init_worker) as pool:
-        pending: collections.deque = collections.deque()
-        queue = iter(paths)
         for path in queue:
-            pending.append((path, pool.apply_async(_features_job, (path, bundle.feature_params))))
-            if len(pending) >= 2 * workers:
-                break
-        while pending:
-            path, future = pending.popleft()
-            next_path = next(queue, None)
-            if next_path is not None:
-                pending.append((next_path, pool.apply_async(_features_job, (next_path, bundle.feature_params))))
-            yield path, future.get()
+            yield path, _features_job(path, params)
+        return
+    crashes: collections.Counter[str] = collections.Counter()
+    context = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
+    while queue:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
+            pending: collections.deque = collections.deque()
+            try:
+                while queue or pending:
+                    while queue and len(pending) < 2 * workers:
+                        path = queue.popleft()
+                        pending.append((path, pool.submit(_features_job, path, params)))
+                    outcome = pending[0][1].result()
+                    yield pending.popleft()[0], outcome
+            except BrokenProcessPool:
+                retry = []
+                for path, future in pending:
+                    if future.done() and future.exception() is None:
+                        yield path, future.result()
+                        continue
+                    crashes[path] += 1
+                    if crashes[path] >= _MAX_WORKER_CRASHES:
+                        yield path, "worker process died on this file (decoder crash or out of memory)"
+                    else:
+                        retry.append(path)
+                queue.extendleft(reversed(retry))
 
 
 def _init_worker() -> None:
