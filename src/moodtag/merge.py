@@ -50,7 +50,8 @@ class MergeError(DataError):
 
     def __init__(self, duplicates: dict[str, list[str]], missing: list[str], unexpected: list[str],
                  shard_problems: list[str], notes: Mapping[str, str] | None = None):
-        self.duplicates, self.missing, self.unexpected, self.shard_problems = duplicates, missing, unexpected, shard_problems
+        self.duplicates, self.missing, self.unexpected = duplicates, missing, unexpected
+        self.shard_problems = shard_problems
         notes = notes or {}
         problems = []
         if duplicates:
@@ -96,12 +97,14 @@ def _shard_problems(shards: Mapping[str, tuple[int, int] | None]) -> list[str]:
         return []
     counts = {count for _, count in stated.values()}
     if len(counts) > 1:
-        return [f"parts come from different shard counts: {', '.join(f'{p} ({i}/{n})' for p, (i, n) in stated.items())}"]
+        listed = ", ".join(f"{part} ({i}/{n})" for part, (i, n) in stated.items())
+        return [f"parts come from different shard counts: {listed}"]
     count = counts.pop()
     seen: dict[int, list[str]] = defaultdict(list)
     for part, (index, _) in stated.items():
         seen[index].append(part)
-    problems = [f"shard {i}/{count} given twice: {', '.join(parts)}" for i, parts in sorted(seen.items()) if len(parts) > 1]
+    problems = [f"shard {i}/{count} given twice: {', '.join(parts)}"
+                for i, parts in sorted(seen.items()) if len(parts) > 1]
     absent = [f"{i}/{count}" for i in range(count) if i not in seen]
     if absent:
         problems.append(f"{len(absent)} of {count} shards have no part: {_shown(absent)}")
@@ -332,7 +335,8 @@ def _place(store, target, track_id: str) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def merge(parts: Sequence[str | os.PathLike], out: str | os.PathLike, *, split: str | os.PathLike | None = None) -> dict:
+def merge(parts: Sequence[str | os.PathLike], out: str | os.PathLike, *,
+          split: str | os.PathLike | None = None) -> dict:
     """Merge row files into a file or feature stores into a folder (see the module docstring); returns a summary."""
     from .data.splits import read_split
 

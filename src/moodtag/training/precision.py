@@ -59,5 +59,6 @@ def resolve_precision(precision: str, accelerator: str = "auto") -> str:
     if precision == "auto":
         return best_precision(accelerator)
     if precision == "16-mixed" and not uses_cuda(accelerator) and accelerator != "mps":
-        raise ConfigError("train.precision: 16-mixed (fp16 with a gradient scaler) needs a GPU; on CPU use bf16-mixed or 32")
+        raise ConfigError("train.precision: 16-mixed (fp16 with a gradient scaler) needs a GPU; "
+                          "on CPU use bf16-mixed or 32")
     return precision
