@@ -269,3 +269,32 @@ def test_resume_continues_from_the_saved_epoch(corpus, tmp_path):
         assert [row[column] for row in uninterrupted] == [row[column] for row in rows]
     with pytest.raises(ConfigError, match="train.lr"):
         train(tiny_config(corpus, tmp_path / "run", train={"max_epochs": 4, "patience": 10, "lr": 1.0}), resume=True)
+
+
+@pytest.mark.filterwarnings("ignore:.*self.trainer. reference is not registered")
+def test_a_batch_without_known_targets_adds_zero_loss_and_is_counted():
+    from moodtag.training.module import TaggingModule
+
+    config = tiny_config(Path("."), Path("unused"))
+    module = TaggingModule(config.to_dict(), TAGS, config.model.build_config().to_dict(), {}, 2.5)
+    batch = {"mel": torch.rand(2, 128, 80), "hpcp": torch.rand(2, 12, 200), "index": torch.tensor([0, 1]),
+             "target": torch.full((2, len(TAGS)), float("nan"))}
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and int(module._empty_batches) == 1
+    assert all(p.grad is None or not p.grad.any() for p in module.parameters())
+    batch["target"][0, 0] = 1.0
+    assert float(module.training_step(batch, 1).detach()) > 0 and int(module._empty_batches) == 1
+
+
+@pytest.mark.slow
+def test_bf16_and_channels_last_train_on_cpu(corpus, tmp_path):
+    from moodtag.training.run import predict, train
+
+    config = tiny_config(corpus, tmp_path / "run", data={"mode": "short"},
+                         train={"max_epochs": 1, "precision": "bf16-mixed", "channels_last": True,
+                                "limit_train_batches": 1})
+    run_dir = train(config, quiet=True)
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+    _, logits = predict(run_dir, corpus / "splits" / "test.tsv")
+    assert logits.dtype == np.float32 and np.isfinite(logits).all()

@@ -94,6 +94,8 @@ class TrainConfig:
     seed: int = 0
     precision: Precision = "32"
     channels_last: bool = False
+    # torch deterministic algorithms (bitwise-repeatable runs); some GPU kernels have no deterministic version.
+    deterministic: bool = True
     accelerator: str = "auto"
     devices: int | str = 1
     num_nodes: int = 1
@@ -325,6 +327,8 @@ def _convert_scalar(hint, value, source: str, key: str):
             raise ConfigError(f"{source}: {key}: expected an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str):
+            value = _float_or_none(value)  # PyYAML reads exponents without a dot (`3e-3`) as strings
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: {key}: expected a number, got {value!r}")
         return float(value)
@@ -337,3 +341,10 @@ def _convert_scalar(hint, value, source: str, key: str):
             raise ConfigError(f"{source}: {key}: expected a mapping, got {value!r}")
         return value
     raise ConfigError(f"{source}: {key}: unsupported type {hint}")
+
+
+def _float_or_none(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text

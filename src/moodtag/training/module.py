@@ -51,15 +51,17 @@ def track_logits(model: MoodCRNN, batch: dict, max_chunks: int) -> torch.Tensor:
 
 
 def macro_scores(targets: np.ndarray, probabilities: np.ndarray) -> tuple[float, float]:
-    """(macro ROC-AUC, macro PR-AUC) over the tags that have both positives and negatives among `targets`."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
+    """(macro ROC-AUC, macro PR-AUC) as moodtag.evaluate scores them, over the tags with positives and negatives.
 
-    positives = targets.sum(axis=0)
-    usable = (positives > 0) & (positives < len(targets))
-    if not usable.any():
+    NaN when no tag can be scored (a tiny validation set), rather than an error in the middle of training.
+    """
+    from ..evaluate import evaluate, scored_tags
+
+    scored = scored_tags(targets)
+    if not scored.any():
         return float("nan"), float("nan")
-    y, p = targets[:, usable], probabilities[:, usable]
-    return float(roc_auc_score(y, p, average="macro")), float(average_precision_score(y, p, average="macro"))
+    scores = evaluate(targets[:, scored], probabilities[:, scored], thresholds=None)
+    return scores["roc_auc_macro"], scores["pr_auc_macro"]
 
 
 class TaggingModule(L.LightningModule):

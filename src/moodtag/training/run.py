@@ -156,7 +156,7 @@ def _trainer(config: RunConfig, run_dir: Path, quiet: bool, callbacks: Sequence[
     precision = resolve_precision(train.precision, train.accelerator)
     return L.Trainer(
         default_root_dir=run_dir, max_epochs=train.max_epochs, accelerator=train.accelerator, devices=train.devices,
-        num_nodes=train.num_nodes, strategy=train.strategy, precision=precision, deterministic=True,
+        num_nodes=train.num_nodes, strategy=train.strategy, precision=precision, deterministic=train.deterministic,
         callbacks=[MetricsCsv(run_dir / "metrics.csv"), early_stopping, best, last, *callbacks], logger=False,
         enable_progress_bar=not quiet, enable_model_summary=not quiet, num_sanity_val_steps=0,
         limit_train_batches=train.limit_train_batches, limit_val_batches=train.limit_val_batches,
