@@ -78,7 +78,11 @@ def export_audio_model(model, params: FeatureParams, path: Path, *, features_mod
     samples = torch.export.Dim("samples", min=params.n_fft, max=params.sample_rate * 4 * 3600)
     dims = ({0: torch.export.Dim("batch"), 1: samples},)
     front_path = path.with_name(path.name + ".front.onnx")
+    quiet = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx")]
+    levels = [logger.level for logger in quiet]
     try:
+        for logger in quiet:  # the dynamo exporter narrates every optimisation pass at INFO
+            logger.setLevel(logging.WARNING)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(front_end, (example,), input_names=["audio"], output_names=["mel"],
@@ -86,6 +90,8 @@ def export_audio_model(model, params: FeatureParams, path: Path, *, features_mod
         program.save(str(front_path))
         front = compose.add_prefix(onnx.load(str(front_path)), "frontend/", rename_inputs=False, rename_outputs=True)
     finally:
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
         front_path.unlink(missing_ok=True)
     body = onnx.load(str(features_model))
     body.ir_version = max(body.ir_version, front.ir_version)
