@@ -64,6 +64,7 @@ def tiny_config(root: Path, run_dir: Path, *, mode: str = "long", **train):
 def _validate_on_every_rank(config_path: Path, out: Path) -> None:
     """Validate the run's best checkpoint with DDP; each rank saves its gathered predictions and the logged metrics."""
     import lightning as L
+    import torch
 
     from moodtag.config import load_config
     from moodtag.data.datamodule import MoodDataModule
@@ -78,10 +79,11 @@ def _validate_on_every_rank(config_path: Path, out: Path) -> None:
                      world_size=trainer.world_size, roc_auc=float(trainer.callback_metrics["val_roc_auc"]),
                      samples_per_rank=len(trainer.val_dataloaders.sampler))
 
-    module = TaggingModule.load_from_checkpoint(Path(config.run_dir) / "checkpoints" / "best.ckpt", map_location="cpu")
+    best = Path(config.run_dir) / "checkpoints" / "best.ckpt"
+    module = TaggingModule(**torch.load(best, map_location="cpu", weights_only=True)["hyper_parameters"])
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[Recorder()])
-    trainer.validate(module, datamodule=MoodDataModule(config), verbose=False)
+    trainer.validate(module, datamodule=MoodDataModule(config), ckpt_path=best, verbose=False)
 
 
 def main(argv: list[str]) -> int:
