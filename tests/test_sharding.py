@@ -164,3 +164,63 @@ def test_merging_stores_names_failed_missing_and_duplicate_tracks(audio_folder, 
     with pytest.raises(MergeError) as caught:
         merge([*parts, parts[0]], tmp_path / "out")
     assert len(caught.value.duplicates) == len(store_arrays(parts[0]))
+
+
+# --- prediction and pseudo-labelling ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny trained run on a corpus whose test split has a track without features."""
+    from moodtag.store import FeatureStore
+    from moodtag.training.run import train
+
+    tmp = tmp_path_factory.mktemp("teacher")
+    root = make_corpus(tmp / "corpus", {"train": 8, "validation": 6, "test": 9, "unlabelled": 8}, seed=4)
+    FeatureStore(root / "features").path_for("test_004").unlink()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return root, train(tiny_config(root, tmp / "run", max_epochs=1), quiet=True)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_pseudo_label_parts_merge_into_the_pool_predictions(teacher, tmp_path):
+    from moodtag.training.pseudo_label import pseudo_label
+
+    root, run_dir = teacher
+    pool = root / "splits" / "unlabelled.tsv"
+    for i in range(2):
+        result = pseudo_label(run_dir, pool, out_dir=tmp_path / "labels", shard=(i, 2), rule="fixed", chunk_tracks=3,
+                              quiet=True)
+    assert result is not None  # the second shard finished the pool
+    parts = sorted((tmp_path / "labels" / "parts").glob("*.npz"))
+    assert len(parts) == 3  # 8 tracks in chunks of 3
+    assert moodtag(["merge", *map(str, parts), "--split", str(pool), "--out", str(tmp_path / "pool.npz"), "-q"]) == 0
+    with np.load(tmp_path / "pool.npz") as merged, np.load(tmp_path / "labels" / "predictions.npz") as written:
+        assert list(merged["track_ids"]) == list(written["track_ids"]) == [f"unlabelled_{i:03d}" for i in range(8)]
+        np.testing.assert_array_equal(merged["logits"], written["logits"])
+    with pytest.raises(MergeError) as caught:
+        merge(parts[1:], tmp_path / "partial.npz", split=pool)
+    assert caught.value.missing == ["unlabelled_000", "unlabelled_001", "unlabelled_002"]
+
+
+@pytest.mark.slow
+def test_merge_checks_a_store_that_every_shard_wrote_into(audio_folder, tmp_path):
+    from moodtag.data.splits import read_split, write_split
+    from moodtag.extract import extract
+
+    store = tmp_path / "store"
+    for i in range(3):
+        extract(audio_folder, store, shard=(i, 3), quiet=True)
+    split = folder_split(audio_folder, tmp_path / "all.tsv")
+    with pytest.raises(MergeError, match=r"broken.wav \(failed: "):
+        merge([store], store, split=split)
+    good = read_split(split)
+    keep = [i for i, t in enumerate(good.track_ids) if t != "broken.wav"]
+    good = type(good)(*([column[i] for i in keep] for column in (good.track_ids, good.artist_ids, good.album_ids,
+                                                                   good.paths, good.durations, good.tags)))
+    write_split(tmp_path / "good.tsv", good)
+    summary = merge([store], store, split=tmp_path / "good.tsv")
+    assert summary["tracks"] == 6 and summary["copied"] == 0 and summary["failed"] == {}

@@ -285,14 +285,18 @@ def merge_stores(parts: Sequence[str | os.PathLike], out: str | os.PathLike, *,
             raise DataError(f"{store.root}: feature parameters differ from {stores[0].root} "
                             f"(hash {store.params.hash}, not {params.hash})")
     sources, owners, shards, failures = _store_contents(stores)
+    if expected is not None:
+        wanted = set(expected)
+        failures = {track: reason for track, reason in failures.items() if track in wanted}
     check_coverage(owners, expected, shards, {track: f"failed: {reason}" for track, reason in failures.items()})
     target = FeatureStore.create(out, params)
-    copied = 0
-    for track_id, store in sources.items():
-        copied += _place(store, target, track_id)
+    copied = sum(_place(store, target, track_id) for track_id, store in sources.items())
+    indexed = {t for t, record in target.index().items() if record.status == "ok"}
     with target.journal("merge") as journal:
         index = {record.track_id: record for store in stores for record in store.index().values()}
         for track_id, store in sources.items():
+            if track_id in indexed:
+                continue
             record = index.get(track_id)
             ok = record is not None and record.status == "ok" and record.feature_hash == params.hash
             journal.append(record if ok else store.record_for(track_id))
