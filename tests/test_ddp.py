@@ -44,7 +44,7 @@ def ddp_run(tmp_path_factory):
     out = tmp / "ranks"
     out.mkdir()
     result = subprocess.run([sys.executable, str(HELPER), str(tmp / "config.yaml"), str(out)],
-                            env=launcher_environment(), capture_output=True, text=True, timeout=600)
+                            env=launcher_environment(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return root, tmp / "run", out
 
