@@ -369,6 +369,12 @@ def write_pseudo_labels(
                      logits=np.asarray(logits, dtype=np.float32), probabilities=probabilities)
     atomic_write_text(out_dir / "thresholds.json", json.dumps(thresholds.to_dict(), indent=2))
     counts = label_counts(targets)
+    uniform = [tag for j, tag in enumerate(thresholds.tags) if len(track_ids) and
+               max(counts["positives"][j], counts["negatives"][j]) == len(track_ids)]
+    if uniform:
+        # A teacher whose scores all fall on one side of a threshold labels the whole pool alike: worth a look.
+        log.warning("%s: every pool track got the same label for %d tags (%s); check the teacher or the thresholds",
+                    out_dir, len(uniform), ", ".join(uniform[:5]) + (", ..." if len(uniform) > 5 else ""))
     rows = ["tag\tt_pos\tt_neg\tpositives\tnegatives\tunknown"]
     rows += [
         f"{tag}\t{float(thresholds.t_pos[j])!r}\t{float(thresholds.t_neg[j])!r}\t{counts['positives'][j]}\t{counts['negatives'][j]}\t{counts['unknown'][j]}"
