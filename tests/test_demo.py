@@ -1,0 +1,54 @@
+"""End to end: `moodtag demo --preset tiny` runs every stage and prints a Table 1 with finite numbers."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROWS = ("long-normal", "long-hpcp", "long-hpcp-noisy", "short-normal", "short-hpcp", "short-hpcp-noisy", "ensemble")
+
+
+def _demo(out, env):
+    return subprocess.run([sys.executable, "-m", "moodtag", "demo", "--preset", "tiny", "--out", str(out), "--quiet"],
+                          capture_output=True, text=True, env=env, timeout=900)
+
+
+def _table_rows(stdout: str) -> dict[str, list[float]]:
+    rows = {}
+    for line in stdout.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if cells and cells[0] in ROWS:
+            rows[cells[0]] = [float(cell) for cell in cells[1:]]
+    return rows
+
+
+@pytest.mark.slow
+def test_tiny_demo_prints_every_row_and_reruns_without_work(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = _demo(tmp_path / "demo", env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows = _table_rows(first.stdout)
+    assert set(rows) == set(ROWS), first.stdout
+    for name, values in rows.items():
+        assert len(values) == 5 and all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values), (name, values)
+
+    timings = json.loads((tmp_path / "demo" / "timings.json").read_text())
+    assert set(timings) == {"synth", "extract", "reproduce", "export", "tag", "total"}
+    records = [json.loads(line) for line in (tmp_path / "demo" / "tags.jsonl").read_text().splitlines()]
+    assert len(records) == 5
+    for record in records:
+        assert sum(s["end"] - s["start"] for s in record["timeline"]) == pytest.approx(record["duration"], abs=0.01)
+        assert all(0.0 <= p <= 1.0 for p in record["probabilities"].values())
+    assert (tmp_path / "demo" / "report" / "report.md").is_file()
+    assert (tmp_path / "demo" / "model" / "bundle.json").is_file()
+
+    runs = tmp_path / "demo" / "runs"
+    trained = {path: path.stat().st_mtime_ns for path in runs.rglob("*") if path.is_file()}
+    again = _demo(tmp_path / "demo", env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _table_rows(again.stdout) == rows
+    assert {path: path.stat().st_mtime_ns for path in trained} == trained
