@@ -19,15 +19,18 @@ the end of the track when a tail is left over, so the timeline covers the whole 
 [80 i, 80 i + 80), the extra chunk [T - 80, T); start/end are in seconds (step = hop 512 x pool 10 / 44100 Hz) and
 the last chunk ends at the track's duration. Long-mode members see chunks they were not trained on (they accept
 any length), so a long model's timeline is indicative only.
+
+Memory: files over ten minutes are decoded and featurised in segments (moodtag.streaming), the model sees at most
+MAX_CHUNKS_PER_BATCH chunks at once, and `tag_many` keeps at most 2 x workers tracks in flight.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-import os
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
