@@ -28,13 +28,15 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..config import load_config
-    from ..training.run import read_run_info, train
+    from ..training.run import global_rank, read_run_info, train
 
     hardware = {"accelerator": args.accelerator, "devices": args.devices, "num_nodes": args.num_nodes,
                 "strategy": args.strategy, "precision": args.precision}
     overrides = list(args.overrides) + [f"train.{key}={value}" for key, value in hardware.items() if value is not None]
     config = load_config(args.config, overrides=overrides, data_root=args.data_root, run_dir=args.run_dir)
     run_dir = train(config, resume=args.resume, quiet=args.quiet)
+    if global_rank() != 0:
+        return 0  # the other DDP processes leave the report to rank 0
     info = read_run_info(run_dir)
     best = info.get("best") or {}
     log.info("%s: %s after %s epochs; best epoch %s, validation ROC-AUC %s, PR-AUC %s", config.name,

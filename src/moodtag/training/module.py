@@ -131,7 +131,8 @@ class TaggingModule(L.LightningModule):
         self.log_dict({"val_loss": loss, "val_roc_auc": roc_auc, "val_pr_auc": pr_auc}, prog_bar=True)
         if self.trainer.sanity_checking:
             return
-        train_totals = self._gather_sum(torch.stack([self._loss_sum, self._batches, self._empty_batches]).float())
+        totals = [t.to(self.device) for t in (self._loss_sum, self._batches, self._empty_batches)]
+        train_totals = self._gather_sum(torch.stack(totals).float())
         self.history.append({
             "epoch": self.current_epoch,
             "train_loss": float(train_totals[0] / train_totals[1]) if train_totals[1] > 0 else float("nan"),

@@ -74,7 +74,7 @@ def read_run_info(run_dir: str | os.PathLike) -> dict:
     return json.loads(path.read_text())
 
 
-def _global_rank() -> int:
+def global_rank() -> int:
     """This process's rank as the launcher set it (0 outside DDP and in the process that starts the others)."""
     return getattr(rank_zero_only, "rank", 0)
 
@@ -90,30 +90,38 @@ def train(
     """
     run_dir = run_dir_of(config).resolve()
     last = run_dir / "checkpoints" / "last.ckpt"
-    if _global_rank() == 0:
+    if global_rank() == 0:
         info = _prepare_run_dir(config, run_dir, resume)
         if info.get("status") == "completed":
             log.info("%s: already completed (best epoch %s)", run_dir, info.get("best_epoch"))
             return run_dir
     ckpt_path = last if resume and last.is_file() else None
-    L.seed_everything(config.train.seed, workers=True, verbose=False)
-    datamodule = MoodDataModule(config, pseudo_labels=pseudo_labels_path(config))
-    params = datamodule.store.params
-    module = TaggingModule(
-        config.to_dict(), datamodule.tags, config.model.build_config().to_dict(), params.to_dict(),
-        params.hpcp_frames_per_mel_step,
-    )
-    trainer = _trainer(config, run_dir, quiet, callbacks)
     started = time.time()
     try:
+        L.seed_everything(config.train.seed, workers=True, verbose=False)
+        datamodule = MoodDataModule(config, pseudo_labels=_existing_pseudo_labels(config))
+        params = datamodule.store.params
+        module = TaggingModule(
+            config.to_dict(), datamodule.tags, config.model.build_config().to_dict(), params.to_dict(),
+            params.hpcp_frames_per_mel_step,
+        )
+        trainer = _trainer(config, run_dir, quiet, callbacks)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except BaseException as err:
-        if trainer.is_global_zero:
+        if global_rank() == 0:
             _update_run_info(run_dir, status="failed", error=f"{type(err).__name__}: {err}")
         raise
     if trainer.is_global_zero:
         _finish_run_info(run_dir, trainer, module, datamodule, time.time() - started)
     return run_dir
+
+
+def _existing_pseudo_labels(config: RunConfig) -> Path | None:
+    path = pseudo_labels_path(config)
+    if path is not None and not path.is_file():
+        raise DataError(f"{path}: pseudo-labels of teacher {config.student.teacher} not found; "
+                        f"run `moodtag pseudo-label` on the teacher's run first")
+    return path
 
 
 def _prepare_run_dir(config: RunConfig, run_dir: Path, resume: bool) -> dict:
@@ -153,6 +161,9 @@ def _trainer(config: RunConfig, run_dir: Path, quiet: bool, callbacks: Sequence[
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")  # inside Lightning, not ours
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")  # resuming
+    # Validation metrics come from predictions gathered from every rank, identical everywhere: nothing to sync.
+    warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
+    warnings.filterwarnings("ignore", message=r".*all_gather is deprecated.*")  # inside Lightning, not ours
     precision = resolve_precision(train.precision, train.accelerator)
     return L.Trainer(
         default_root_dir=run_dir, max_epochs=train.max_epochs, accelerator=train.accelerator, devices=train.devices,
