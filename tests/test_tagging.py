@@ -250,6 +250,9 @@ def test_cli_writes_jsonl_to_stdout_when_piped(ensemble, tmp_path, capsys):
     record = json.loads(line)
     assert record["path"] == str(tmp_path / "a.wav") and len(record["top_k"]) == 1 and record["padded"]
     assert set(record["probabilities"]) == set(TAGS)
+    (tmp_path / "cover.jpg").write_bytes(b"\xff\xd8\xff\xe0\0\x10JFIF\0")
+    assert main(["tag", str(tmp_path / "cover.jpg"), "--model", str(ensemble), "--workers", "0", "-q"]) == 1
+    assert "cover.jpg: neither an audio file" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -327,6 +327,16 @@ def _features_job(path: str, params) -> TrackFeatures | str:
         return "out of memory while decoding (file too long for this machine)"
 
 
+def _is_binary_non_audio(path: Path) -> bool:
+    """A file that discovery would read as a list of paths but that holds binary data (an image, an archive)."""
+    from .audio import AUDIO_EXTENSIONS
+
+    if not path.is_file() or path.suffix.lower() in AUDIO_EXTENSIONS:
+        return False
+    with open(path, "rb") as f:
+        return b"\0" in f.read(4096)
+
+
 def _mono(audio, sample_rate: int, target_rate: int) -> np.ndarray:
     """(n,) or (n, channels) samples -> mono float32 at `target_rate`."""
     signal = np.asarray(audio, dtype=np.float32)
@@ -360,6 +370,9 @@ def find_audio(inputs: Iterable[str | os.PathLike]) -> tuple[list[str], list[tup
     for source in inputs:
         if not Path(source).exists():
             failures.append((str(source), "file not found"))
+            continue
+        if _is_binary_non_audio(Path(source)):
+            failures.append((str(source), "neither an audio file (by its extension) nor a text list of paths"))
             continue
         try:
             tracks, rejected = discover(source)
