@@ -288,13 +288,37 @@ def test_a_batch_without_known_targets_adds_zero_loss_and_is_counted():
 
 
 @pytest.mark.slow
-def test_bf16_and_channels_last_train_on_cpu(corpus, tmp_path):
+def test_bf16_channels_last_and_loader_workers_train_on_cpu(corpus, tmp_path):
     from moodtag.training.run import predict, train
 
-    config = tiny_config(corpus, tmp_path / "run", data={"mode": "short"},
+    config = tiny_config(corpus, tmp_path / "run", data={"mode": "short", "num_workers": 2},
                          train={"max_epochs": 1, "precision": "bf16-mixed", "channels_last": True,
                                 "limit_train_batches": 1})
     run_dir = train(config, quiet=True)
     assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
     _, logits = predict(run_dir, corpus / "splits" / "test.tsv")
     assert logits.dtype == np.float32 and np.isfinite(logits).all()
+
+
+@pytest.mark.slow
+def test_train_and_predict_commands(corpus, tmp_path, capsys):
+    from moodtag.cli import main
+
+    config = Path(__file__).resolve().parents[1] / "src" / "moodtag" / "configs" / "demo" / "short-normal.yaml"
+    run_dir = tmp_path / "run"
+    common = [str(config), "--data-root", str(corpus), "--run-dir", str(run_dir), "--accelerator", "cpu", "-q"]
+    assert main(["train", *common, "--set", "train.max_epochs=2", "--set", "data.chunk_steps=40"]) == 0
+    assert capsys.readouterr().out.strip() == str(run_dir.resolve())
+    assert main(["train", *common, "--set", "train.max_epochs=2", "--set", "data.chunk_steps=40", "--resume"]) == 0
+    assert main(["train", *common, "--set", "train.max_epochs=2"]) == 2  # exists, no --resume
+    assert "--resume" in capsys.readouterr().err
+
+    subset = tmp_path / "subset.tsv"
+    lines = (corpus / "splits" / "test.tsv").read_text().splitlines()
+    subset.write_text("\n".join(lines[:3] + ["gone\tartist\talbum\tgone.ogg\t10.0\tmood/theme---calm"]) + "\n")
+    assert main(["predict", str(run_dir), "--split", str(subset), "--split", "validation", "-q"]) == 1  # one missing
+    predictions = run_dir / "predictions"
+    assert np.load(predictions / "subset.npy").shape == (2, len(TAGS))
+    assert (predictions / "subset.missing.txt").read_text() == "gone\n"
+    assert np.load(predictions / "validation.npy").shape == (12, len(TAGS))
+    assert main(["predict", str(tmp_path / "nowhere"), "--split", "test"]) == 2
