@@ -45,7 +45,7 @@ def per_tag_pr_auc_figure(results: "Results", path: Path) -> str:
     plt = _pyplot()
     tags = list(results.rows[0].per_tag_pr_auc)
     figure, axes = plt.subplots(len(results.rows), 1, figsize=(max(8, 0.28 * len(tags)), 1.6 * len(results.rows) + 1),
-                                sharex=True, squeeze=False)
+                                sharex=True, squeeze=False, layout="constrained")
     for ax, row in zip(axes[:, 0], results.rows):
         values = [row.per_tag_pr_auc.get(tag, math.nan) for tag in tags]
         ax.bar(range(len(tags)), np.nan_to_num(values), color="tab:blue" if row.kind == "teacher" else "tab:orange")
@@ -142,7 +142,7 @@ def pseudo_label_figure(stats: dict[str, dict], path: Path) -> str | None:
     if not stats:
         return None
     plt = _pyplot()
-    figure, axes = plt.subplots(len(stats), 1, figsize=(10, 2.2 * len(stats) + 0.6), squeeze=False)
+    figure, axes = plt.subplots(len(stats), 1, figsize=(10, 2.6 * len(stats) + 0.6), squeeze=False, layout="constrained")
     for ax, (name, counts) in zip(axes[:, 0], stats.items()):
         tags = counts["tags"]
         x = np.arange(len(tags))
