@@ -322,3 +322,15 @@ def test_train_and_predict_commands(corpus, tmp_path, capsys):
     assert (predictions / "subset.missing.txt").read_text() == "gone\n"
     assert np.load(predictions / "validation.npy").shape == (12, len(TAGS))
     assert main(["predict", str(tmp_path / "nowhere"), "--split", "test"]) == 2
+
+
+def test_module_loads_from_a_checkpoint_without_a_trainer(corpus, tmp_path):
+    from moodtag.training.module import TaggingModule
+    from moodtag.training.run import train
+
+    run_dir = train(tiny_config(corpus, tmp_path / "run", train={"max_epochs": 1, "limit_train_batches": 1}),
+                    quiet=True)
+    saved = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)["moodtag_rng"]["torch"]
+    module = TaggingModule.load_from_checkpoint(run_dir / "checkpoints" / "best.ckpt", map_location="cpu")
+    assert module.tags == TAGS and len(module.history) == 1
+    assert not torch.equal(torch.get_rng_state(), saved)  # inference loading leaves the random stream alone

@@ -174,8 +174,10 @@ class TaggingModule(L.LightningModule):
         self.history = list(checkpoint.get("moodtag_history", []))
         # A resumed single-process run continues the random stream exactly where the checkpoint left it (masks,
         # shuffling, chunk choice), so a killed run ends as an uninterrupted one would. Under DDP the checkpoint
-        # holds rank 0's state only, so each rank keeps its fresh seed instead.
-        if "moodtag_rng" in checkpoint and self.trainer.world_size == 1:
+        # holds rank 0's state only, so each rank keeps its fresh seed instead; loading for inference
+        # (load_from_checkpoint, no trainer) leaves the random state alone.
+        resuming = self._trainer is not None and self._trainer.world_size == 1
+        if "moodtag_rng" in checkpoint and resuming:
             set_rng_state(checkpoint["moodtag_rng"])
 
 
