@@ -334,3 +334,15 @@ def test_module_loads_from_a_checkpoint_without_a_trainer(corpus, tmp_path):
     module = TaggingModule.load_from_checkpoint(run_dir / "checkpoints" / "best.ckpt", map_location="cpu")
     assert module.tags == TAGS and len(module.history) == 1
     assert not torch.equal(torch.get_rng_state(), saved)  # inference loading leaves the random stream alone
+
+
+def test_a_validation_split_without_scorable_tags_is_refused_before_training(tmp_path):
+    from moodtag.data.datamodule import MoodDataModule
+    from moodtag.errors import DataError
+
+    corpus = make_corpus(tmp_path / "corpus", n_train=4, n_validation=3, n_test=1)
+    tsv = corpus / "splits" / "validation.tsv"
+    lines = tsv.read_text().splitlines()
+    tsv.write_text("\n".join([lines[0]] + ["\t".join(line.split("\t")[:5] + TAGS) for line in lines[1:]]) + "\n")
+    with pytest.raises(DataError, match="no tag has both positive and negative"):
+        MoodDataModule(tiny_config(corpus, tmp_path / "run")).setup("fit")

@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 
 from ..config import DataConfig, RunConfig
 from ..errors import DataError
+from ..evaluate import scored_tags
 from ..store import FeatureStore
 from .datasets import (
     AllChunksDataset,
@@ -83,6 +84,9 @@ class MoodDataModule(L.LightningDataModule):
         for name, tracks in (("training", self.train_tracks), ("validation", self.val_tracks)):
             if len(tracks) == 0:
                 raise DataError(f"no {name} tracks with features under {data.root}")
+        if not scored_tags(self.val_tracks.targets).any():
+            raise DataError(f"{data.path(data.validation_split)}: no tag has both positive and negative tracks with "
+                            "features, so validation ROC-AUC (the early-stopping criterion) is undefined")
 
     def _pseudo_labelled(self) -> TrackSet:
         student = self.config.student

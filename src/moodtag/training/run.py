@@ -154,9 +154,12 @@ def _trainer(config: RunConfig, run_dir: Path, quiet: bool, callbacks: Sequence[
     # Its own callback: ModelCheckpoint(save_last=True) only refreshes last.ckpt in epochs that improved the best.
     last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1, enable_version_counter=False)
     early_stopping = EarlyStopping(monitor="val_roc_auc", mode="max", patience=train.patience)
-    if quiet:
-        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-        logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        lightning_log = logging.getLogger(name)
+        if quiet:
+            lightning_log.setLevel(logging.WARNING)
+        if lightning_log.handlers:
+            lightning_log.propagate = False  # Lightning prints through its own handler; once is enough
     # Few or no loader workers is a deliberate choice on small machines, not a mistake to warn about.
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")  # inside Lightning, not ours
