@@ -30,10 +30,10 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from .. import __version__
 from ..atomic import atomic_path, atomic_write_text
-from ..config import RunConfig, load_config, save_config
+from ..config import RunConfig, save_config
 from ..data.datamodule import MoodDataModule, evaluation_loader, open_store
 from ..data.datasets import unlabelled_tracks
-from ..data.splits import read_split, read_tag_list
+from ..data.splits import read_split
 from ..errors import ConfigError, DataError
 from ..models import CRNNConfig, MoodCRNN
 from ..store import FeatureStore
