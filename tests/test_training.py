@@ -133,7 +133,7 @@ def test_short_mode_evaluation_averages_chunk_logits(corpus):
     from moodtag.data.datamodule import evaluation_loader
     from moodtag.data.datasets import labelled_tracks
     from moodtag.models import MODEL_PRESETS, MoodCRNN
-    from moodtag.training.module import track_logits
+    from moodtag.training.aggregate import track_logits
 
     torch.manual_seed(0)
     model = MoodCRNN(MODEL_PRESETS["tiny"], len(TAGS)).eval()

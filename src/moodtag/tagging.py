@@ -207,7 +207,7 @@ class Tagger:
         """
         import torch
 
-        from .training.module import track_logits
+        from .training.aggregate import track_logits
 
         if runner.mode == "short":
             chunks = chunk_windows(mel.shape[1], runner.steps)

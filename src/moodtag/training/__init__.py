@@ -13,7 +13,7 @@ import importlib
 _EXPORTS = {
     "train": "run", "load_model": "run", "predict": "run", "predict_split": "run", "run_dir_of": "run",
     "teacher_run_dir": "run", "pseudo_labels_path": "run", "read_run_info": "run",
-    "TaggingModule": "module", "masked_bce_with_logits": "module", "track_logits": "module",
+    "TaggingModule": "module", "masked_bce_with_logits": "module", "track_logits": "aggregate",
 }
 
 __all__ = sorted(_EXPORTS)

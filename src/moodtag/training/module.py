@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ..config import RunConfig
 from ..data.augment import augment_batch
 from ..models import CRNNConfig, MoodCRNN
+from .aggregate import track_logits
 
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_roc_auc", "val_pr_auc", "time", "empty_batches")
 
@@ -33,21 +34,6 @@ def masked_bce_with_logits(logits: torch.Tensor, targets: torch.Tensor) -> tuple
     n_known = known.sum()
     loss = (losses * known).sum() / n_known.clamp(min=1) + 0.0 * logits.sum()
     return loss, n_known
-
-
-def track_logits(model: MoodCRNN, batch: dict, max_chunks: int) -> torch.Tensor:
-    """(B, n_tags) logits of a batch: long crops directly; short mode runs every chunk (at most `max_chunks` at a time)
-    and averages the chunk logits of each track (section 2.3)."""
-    if "chunk_track" not in batch:
-        return model(batch["mel"], batch.get("hpcp"))
-    mel, hpcp = batch["mel"], batch.get("hpcp")
-    chunk_logits = torch.cat([
-        model(mel[i : i + max_chunks], None if hpcp is None else hpcp[i : i + max_chunks])
-        for i in range(0, len(mel), max_chunks)
-    ]).float()
-    # A (tracks x chunks) averaging matrix: deterministic on every device, unlike index_add.
-    owner = F.one_hot(batch["chunk_track"], num_classes=len(batch["target"])).T.to(chunk_logits.dtype)
-    return (owner @ chunk_logits) / owner.sum(dim=1, keepdim=True)
 
 
 def macro_scores(targets: np.ndarray, probabilities: np.ndarray) -> tuple[float, float]:

@@ -37,7 +37,8 @@ from ..data.splits import read_split
 from ..errors import ConfigError, DataError
 from ..models import CRNNConfig, MoodCRNN
 from ..store import FeatureStore
-from .module import METRIC_COLUMNS, TaggingModule, track_logits
+from .aggregate import track_logits
+from .module import METRIC_COLUMNS, TaggingModule
 from .precision import resolve_precision
 
 log = logging.getLogger(__name__)
