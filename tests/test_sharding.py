@@ -186,6 +186,34 @@ def teacher(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
+def test_sharded_predict_merged_equals_unsharded_predict(teacher, tmp_path):
+    root, run_dir = teacher
+    split = root / "splits" / "test.tsv"
+    assert moodtag(["predict", str(run_dir), "--split", "test", "--quiet"]) == 1  # 1: a track has no features
+    out = run_dir / "predictions"
+    expected = {suffix: np.load(out / f"test{suffix}") for suffix in (".npy", ".logits.npy")}
+    expected.update({suffix: (out / f"test{suffix}").read_text() for suffix in (".csv", ".missing.txt")})
+    for i in range(3):
+        moodtag(["predict", str(run_dir), "--split", "test", "--shard", f"{i}/3", "--quiet"])
+    parts = sorted(out.glob("test.shard-*-of-3.npz"))
+    assert len(parts) == 3
+    merged = tmp_path / "test.npy"
+    assert moodtag(["merge", *map(str, parts), "--split", str(split), "--out", str(merged), "--quiet"]) == 0
+    # Rows in split order; values equal up to float rounding (the shards batch other tracks together).
+    for suffix in (".npy", ".logits.npy"):
+        np.testing.assert_allclose(np.load(merged.with_suffix(suffix)), expected[suffix], rtol=1e-5, atol=1e-6)
+    merged_csv = merged.with_suffix(".csv").read_text().splitlines()
+    expected_csv = expected[".csv"].splitlines()
+    assert [line.split(",")[0] for line in merged_csv] == [line.split(",")[0] for line in expected_csv]
+    assert len(merged_csv) == 9  # header + the 8 tracks with features
+    np.testing.assert_allclose(np.loadtxt(merged_csv[1:], delimiter=",", usecols=(1, 2, 3)),
+                               np.loadtxt(expected_csv[1:], delimiter=",", usecols=(1, 2, 3)), rtol=1e-5)
+    assert (tmp_path / "test.missing.txt").read_text() == expected[".missing.txt"] == "test_004\n"
+    with pytest.raises(MergeError, match=r"1 of 3 shards have no part"):
+        merge(parts[:2], tmp_path / "partial.npy", split=split)
+
+
+@pytest.mark.slow
 def test_pseudo_label_parts_merge_into_the_pool_predictions(teacher, tmp_path):
     from moodtag.training.pseudo_label import pseudo_label
 

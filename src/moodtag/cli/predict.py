@@ -18,21 +18,28 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, metavar="N", help="tracks per batch (default: data.eval_batch_size)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default: cpu)")
     parser.add_argument("--num-workers", type=int, default=0, metavar="N", help="data loader workers (default: 0)")
+    parser.add_argument("--shard", metavar="I/N",
+                        help="predict only shard I of N of each split (stable hash of the track id; 'auto' reads "
+                             "RANK/WORLD_SIZE or SLURM's variables) into predictions/<split>.shard-I-of-N.npz; "
+                             "`moodtag merge` joins the shards")
 
 
 def run(args) -> int:
+    from ..extract import parse_shard
     from ..training.run import predict_split
 
+    shard = parse_shard(args.shard) if args.shard else (0, 1)
     status = 0
     for split in args.split:
         summary = predict_split(
             args.run_dir, split, store=args.features, data_root=args.data_root, batch_size=args.batch_size,
-            device=args.device, num_workers=args.num_workers, progress=not args.quiet,
+            device=args.device, num_workers=args.num_workers, progress=not args.quiet, shard=shard,
         )
+        written = summary.get("part") or summary["probabilities"]
         if summary["missing"]:
             log.warning("%s: %d tracks have no features; listed in %s", split, len(summary["missing"]),
-                        summary["probabilities"].with_name(f"{summary['split']}.missing.txt"))
+                        written if "part" in summary else written.with_name(f"{summary['split']}.missing.txt"))
             status = 1
         log.info("%s: %d tracks predicted", split, summary["tracks"])
-        print(summary["probabilities"])
+        print(written)
     return status

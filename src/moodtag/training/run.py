@@ -358,11 +358,14 @@ def predict_split(
     device: str = "cpu",
     num_workers: int = 0,
     progress: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> dict:
     """Write predictions/<name>.npy (probabilities), .logits.npy and .csv for a split; returns a summary.
 
     Tracks without features are left out of the files and listed in predictions/<name>.missing.txt.
     data_root: where the run's named splits and store are, if they moved since training.
+    shard: (i, N) with N > 1 predicts only the split's tracks of shard i (`moodtag.extract.shard_of`) into one row
+    file, predictions/<name>.shard-i-of-N.npz, which `moodtag merge` joins into the files above (summary["part"]).
     """
     run_dir = Path(run_dir)
     _, config, tags = load_model(run_dir)
@@ -370,16 +373,27 @@ def predict_split(
         config.data.root = str(Path(data_root).resolve())
     name, tsv = split_path(config, split)
     wanted = read_split(tsv).track_ids
+    if shard[1] > 1:
+        from ..extract import shard_of
+
+        wanted = [track_id for track_id in wanted if shard_of(track_id, shard[1]) == shard[0]]
+    store = store if store is not None else config.data.path(config.data.features)
     track_ids, logits = predict(
-        run_dir, tsv, store if store is not None else config.data.path(config.data.features),
-        batch_size=batch_size, device=device, num_workers=num_workers, progress=progress,
+        run_dir, tsv if shard[1] == 1 else wanted, store, batch_size=batch_size, device=device,
+        num_workers=num_workers, progress=progress,
     )
     out = run_dir / "predictions"
     probabilities = torch.sigmoid(torch.from_numpy(logits)).numpy().astype(np.float32)
+    missing = sorted(set(wanted) - set(track_ids), key=wanted.index)
+    if shard[1] > 1:
+        from ..merge import write_part
+
+        part = write_part(out / f"{name}.shard-{shard[0]}-of-{shard[1]}.npz", track_ids, tags=tags, missing=missing,
+                          shard=shard, logits=logits.astype(np.float32), probabilities=probabilities)
+        return {"split": name, "tracks": len(track_ids), "missing": missing, "part": part}
     _save_npy(out / f"{name}.npy", probabilities)
     _save_npy(out / f"{name}.logits.npy", logits.astype(np.float32))
     _save_csv(out / f"{name}.csv", track_ids, tags, probabilities)
-    missing = sorted(set(wanted) - set(track_ids), key=wanted.index)
     missing_path = out / f"{name}.missing.txt"
     if missing:
         atomic_write_text(missing_path, "\n".join(missing) + "\n")
