@@ -10,12 +10,14 @@ on GPU; on CPU the rise of the process's peak resident size (VmHWM, reset before
 Ratios are against fp32 measured in the same run.
 
     python benchmarks/gpu.py --device cuda             # full-size problem
-    python benchmarks/gpu.py --device cpu              # about a minute on 2 cores
+    python benchmarks/gpu.py --device cpu              # about a minute on 2 cores (one timed step per row:
+                                                       # add --iters 3 for medians on a busy machine)
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import math
 import platform
 import time
@@ -52,6 +54,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._before = torch.cuda.memory_allocated(self.device)
         elif Path("/proc/self/clear_refs").exists():
+            _release_freed_memory()
             self._before = _status_mib("VmRSS")
             Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident size
         return self
@@ -62,6 +65,15 @@ class PeakMemory:
             self.mib = (torch.cuda.max_memory_allocated(self.device) - self._before) / 2**20
         elif hasattr(self, "_before"):
             self.mib = _status_mib("VmHWM") - self._before
+
+
+def _release_freed_memory() -> None:
+    """Hand memory freed by earlier measurements back to the OS (glibc keeps it resident otherwise), so the next
+    peak is measured from what is really in use."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _status_mib(field: str) -> float:
@@ -132,19 +144,22 @@ def model_inputs(batch: int, mode: str, device: torch.device) -> tuple[torch.Ten
 
 
 def timed(step, device: torch.device, iters: int, warmup: int) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process) per call of `step`, after `warmup` untimed calls.
+    """Median (wall seconds, CPU seconds of this process) per call of `step`, after `warmup` untimed calls.
 
-    CPU seconds add up over threads: work per core-second, which stays meaningful on a machine shared with other
-    jobs, where wall time does not.
+    The median of several calls shrugs off a call slowed by another job on a shared machine; CPU seconds add up
+    over threads (work per core-second).
     """
     for _ in range(warmup):
         step()
-    synchronize(device)
-    start, cpu_start = time.perf_counter(), time.process_time()
+    walls, cpus = [], []
     for _ in range(iters):
+        synchronize(device)
+        start, cpu_start = time.perf_counter(), time.process_time()
         step()
-    synchronize(device)
-    return (time.perf_counter() - start) / iters, (time.process_time() - cpu_start) / iters
+        synchronize(device)
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu_start)
+    return float(np.median(walls)), float(np.median(cpus))
 
 
 def train_rate(device: torch.device, mode: str, precision: str, batch: int, iters: int, warmup: int) -> dict:
