@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import json
 import logging
 import os
@@ -22,7 +21,8 @@ from typing import Sequence
 import numpy as np
 
 from . import evaluate as evaluation
-from .atomic import atomic_path, atomic_write_text
+from .atomic import atomic_write_text
+from .predictions import write_predictions
 from .errors import DataError
 
 log = logging.getLogger(__name__)
@@ -118,15 +118,7 @@ def _resolve(base: Path, path: str) -> Path:
 
 def save_predictions(out_dir: Path, split: str, track_ids: Sequence[str], tags: Sequence[str], probabilities: np.ndarray) -> None:
     """Write `predictions/<split>.npy` (float32) and `.csv` (track_id + one column per tag) atomically."""
-    probabilities = np.asarray(probabilities, dtype=np.float32)
-    with atomic_path(out_dir / "predictions" / f"{split}.npy") as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, probabilities)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["track_id", *tags])
-    writer.writerows([track_id, *(f"{p:.7g}" for p in row)] for track_id, row in zip(track_ids, probabilities))
-    atomic_write_text(out_dir / "predictions" / f"{split}.csv", buffer.getvalue())
+    write_predictions(out_dir / "predictions" / split, track_ids, tags, probabilities)
 
 
 def read_predictions(run_dir: str | os.PathLike, split: str) -> tuple[list[str], list[str], np.ndarray]:

@@ -22,9 +22,7 @@ Without a split, rows keep the order of the parts as given.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import logging
 import os
 import re
@@ -35,8 +33,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .atomic import atomic_path, atomic_write_text
+from .atomic import atomic_path
 from .errors import DataError
+from .predictions import write_predictions, write_predictions_csv
 
 log = logging.getLogger(__name__)
 
@@ -222,17 +221,8 @@ def write_rows(merged: MergedRows, out: str | os.PathLike) -> list[Path]:
     if out.suffix == ".csv":
         write_predictions_csv(out, merged.track_ids, merged.tags, probabilities)
         return [out]
-    written = [out.with_suffix(".logits.npy"), out.with_suffix(".csv"), out]
-    _save(written[0], lambda f: np.save(f, logits.astype(np.float32)))
-    write_predictions_csv(written[1], merged.track_ids, merged.tags, probabilities)
-    _save(out, lambda f: np.save(f, probabilities))
-    missing_path = out.with_suffix(".missing.txt")
-    if merged.missing:
-        atomic_write_text(missing_path, "\n".join(merged.missing) + "\n")
-        written.append(missing_path)
-    else:
-        missing_path.unlink(missing_ok=True)
-    return written
+    return write_predictions(out.with_suffix(""), merged.track_ids, merged.tags, probabilities, logits=logits,
+                             missing=merged.missing)
 
 
 def _probabilities(merged: MergedRows, out: Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -242,16 +232,6 @@ def _probabilities(merged: MergedRows, out: Path) -> tuple[np.ndarray, np.ndarra
     if "probabilities" in merged.rows:
         return merged.rows["probabilities"].astype(np.float32), logits
     return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32), logits
-
-
-def write_predictions_csv(path: Path, track_ids: Sequence[str], tags: Sequence[str], probabilities: np.ndarray) -> None:
-    """track_id + one column per tag, 6 significant digits (the format of `moodtag predict`)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["track_id", *tags])
-    for track_id, row in zip(track_ids, probabilities):
-        writer.writerow([track_id, *(f"{p:.6g}" for p in row)])
-    atomic_write_text(path, buffer.getvalue())
 
 
 def _save(path: Path, write) -> None:

@@ -29,7 +29,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from .. import __version__
-from ..atomic import atomic_path, atomic_write_text
+from ..atomic import atomic_write_text
 from ..config import RunConfig, save_config
 from ..data.datamodule import MoodDataModule, evaluation_loader, open_store
 from ..data.datasets import unlabelled_tracks
@@ -37,6 +37,7 @@ from ..data.splits import read_split
 from ..errors import ConfigError, DataError
 from ..models import CRNNConfig, MoodCRNN
 from ..store import FeatureStore
+from ..predictions import write_predictions
 from .aggregate import track_logits
 from .module import METRIC_COLUMNS, TaggingModule
 from .precision import resolve_precision
@@ -391,28 +392,6 @@ def predict_split(
         part = write_part(out / f"{name}.shard-{shard[0]}-of-{shard[1]}.npz", track_ids, tags=tags, missing=missing,
                           shard=shard, logits=logits.astype(np.float32), probabilities=probabilities)
         return {"split": name, "tracks": len(track_ids), "missing": missing, "part": part}
-    _save_npy(out / f"{name}.npy", probabilities)
-    _save_npy(out / f"{name}.logits.npy", logits.astype(np.float32))
-    _save_csv(out / f"{name}.csv", track_ids, tags, probabilities)
-    missing_path = out / f"{name}.missing.txt"
-    if missing:
-        atomic_write_text(missing_path, "\n".join(missing) + "\n")
-    else:
-        missing_path.unlink(missing_ok=True)
+    write_predictions(out / name, track_ids, tags, probabilities, logits=logits, missing=missing)
     return {"split": name, "tracks": len(track_ids), "missing": missing, "probabilities": out / f"{name}.npy",
             "logits": out / f"{name}.logits.npy", "csv": out / f"{name}.csv"}
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-
-
-def _save_csv(path: Path, track_ids: list[str], tags: list[str], probabilities: np.ndarray) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["track_id", *tags])
-    for track_id, row in zip(track_ids, probabilities):
-        writer.writerow([track_id, *(f"{p:.6g}" for p in row)])
-    atomic_write_text(path, buffer.getvalue())
