@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from moodtag.errors import DataError
+from moodtag.merge import merge_rows
 from moodtag.training import pseudo_label as pl
 
 TAGS = ["mood/theme---calm", "mood/theme---dark", "mood/theme---happy"]
@@ -96,24 +97,24 @@ def write_part(path, track_ids, rng):
     return path
 
 
-def test_merge_shards_restores_pool_order(tmp_path, rng):
+def test_merged_parts_follow_pool_order(tmp_path, rng):
     a = write_part(tmp_path / "a.npz", ["3", "1"], rng)
     b = write_part(tmp_path / "b.npz", ["2"], rng)
-    merged = pl.merge_shards([a, b], expected=["1", "2", "3"])
-    assert list(merged["track_ids"]) == ["1", "2", "3"]
+    merged = merge_rows([a, b], expected=["1", "2", "3"])
+    assert merged.track_ids == ["1", "2", "3"]
     with np.load(a) as part:
-        np.testing.assert_array_equal(merged["probabilities"][0], part["probabilities"][1])
+        np.testing.assert_array_equal(merged.rows["probabilities"][0], part["probabilities"][1])
 
 
-def test_merge_shards_rejects_duplicates_and_gaps(tmp_path, rng):
+def test_merge_rejects_duplicates_and_gaps(tmp_path, rng):
     a = write_part(tmp_path / "a.npz", ["1", "2"], rng)
     b = write_part(tmp_path / "b.npz", ["2", "3"], rng)
-    with pytest.raises(DataError, match="track 2 already appears"):
-        pl.merge_shards([a, b])
-    with pytest.raises(DataError, match="1 missing"):
-        pl.merge_shards([a], expected=["1", "2", "3"])
-    with pytest.raises(DataError, match="1 unexpected"):
-        pl.merge_shards([a], expected=["1"])
+    with pytest.raises(DataError, match="in more than one part: 2"):
+        merge_rows([a, b])
+    with pytest.raises(DataError, match="in no part: 3"):
+        merge_rows([a], expected=["1", "2", "3"])
+    with pytest.raises(DataError, match="not in the split: 2"):
+        merge_rows([a], expected=["1"])
 
 
 def teacher_logits(track_ids):

@@ -23,12 +23,13 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from ..atomic import atomic_path, atomic_write_text
 from ..errors import DataError
+from ..merge import merge_rows
 
 log = logging.getLogger(__name__)
 
@@ -180,53 +181,6 @@ def load_labels(path: str | os.PathLike) -> tuple[list[str], list[str], np.ndarr
         raise DataError(f"{path}: unreadable pseudo-label file ({err})") from None
 
 
-def merge_shards(parts: Iterable[str | os.PathLike], *, expected: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-    """Concatenate per-shard `.npz` files (each with `track_ids` plus arrays whose rows follow them) into one.
-
-    Every track must appear exactly once across the parts; with `expected`, the set of tracks must equal it and the
-    rows come back in `expected` order. Raises DataError naming the offending part and track otherwise.
-    """
-    merged: dict[str, list[np.ndarray]] = {}
-    owner: dict[str, str] = {}
-    for part in parts:
-        try:
-            with np.load(part) as data:
-                arrays = {key: data[key] for key in data.files}
-        except (OSError, ValueError) as err:
-            raise DataError(f"{part}: unreadable shard ({err})") from None
-        if "track_ids" not in arrays:
-            raise DataError(f"{part}: shard has no track_ids")
-        ids = list(map(str, arrays["track_ids"]))
-        for track_id in ids:
-            if track_id in owner:
-                raise DataError(f"{part}: track {track_id} already appears in {owner[track_id]}")
-            owner[track_id] = str(part)
-        if merged and set(arrays) != set(merged):
-            raise DataError(f"{part}: shard has arrays {sorted(arrays)}, expected {sorted(merged)}")
-        for key, values in arrays.items():
-            if values.shape[:1] != (len(ids),):
-                raise DataError(f"{part}: {key} has {values.shape[0] if values.ndim else 0} rows for {len(ids)} tracks")
-            merged.setdefault(key, []).append(values)
-    if not merged:
-        raise DataError("no shards to merge")
-    result = {key: np.concatenate(values) for key, values in merged.items()}
-    if expected is not None:
-        result = _reorder(result, list(map(str, result["track_ids"])), list(expected))
-    return result
-
-
-def _reorder(arrays: dict[str, np.ndarray], have: list[str], expected: list[str]) -> dict[str, np.ndarray]:
-    missing = sorted(set(expected) - set(have))
-    extra = sorted(set(have) - set(expected))
-    if missing or extra:
-        raise DataError(
-            f"shards do not cover the pool: {len(missing)} missing (e.g. {missing[:3]}), {len(extra)} unexpected (e.g. {extra[:3]})"
-        )
-    row = {track_id: i for i, track_id in enumerate(have)}
-    order = np.array([row[track_id] for track_id in expected], dtype=np.int64)
-    return {key: values[order] for key, values in arrays.items()}
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Predicting the pool and writing the pseudo-labels
 
@@ -318,14 +272,14 @@ def merged_pool_logits(
     (unreadable features) are reported once."""
     parts = Path(out_dir) / "parts"
     chunks = pool_chunks(track_ids, chunk_tracks=chunk_tracks)
-    merged = merge_shards([_part_path(parts, k) for k, _ in chunks])
-    row = {track_id: i for i, track_id in enumerate(map(str, merged["track_ids"]))}
+    merged = merge_rows([_part_path(parts, k) for k, _ in chunks])
+    row = {track_id: i for i, track_id in enumerate(merged.track_ids)}
     if not set(row) <= set(track_ids):
         raise DataError(f"{parts}: chunk files hold tracks outside the pool")
     kept = [track_id for track_id in track_ids if track_id in row]
     if len(kept) < len(track_ids):
         log.warning("%s: %d pool tracks could not be predicted and get no pseudo-labels", parts, len(track_ids) - len(kept))
-    return kept, merged["logits"][[row[track_id] for track_id in kept]]
+    return kept, merged.rows["logits"][[row[track_id] for track_id in kept]]
 
 
 def check_manifest(out_dir: str | os.PathLike, manifest: dict) -> None:
