@@ -31,3 +31,14 @@ def real_music() -> list[Path]:
     if not tracks:
         pytest.skip(f"no real music at {MUSIC}; run shared/scripts/get-real-music.sh {MUSIC}")
     return tracks
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, and the CI machine's two cores are shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -18,16 +18,10 @@ from moodtag.models import MODEL_PRESETS, MoodCRNN
 from moodtag.store import FeatureStore
 from moodtag.tagging import Tagger
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TAGS = ["mood/theme---calm", "mood/theme---dark", "mood/theme---happy"]
 PARAMS = FeatureParams()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_corpus(root: Path) -> Path:

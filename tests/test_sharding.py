@@ -14,13 +14,7 @@ from moodtag.merge import MergeError, check_coverage, merge, merge_rows, write_p
 
 from scaling_helpers import TAGS, make_corpus, tiny_config
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- coverage and row files ---------------------------------------------------------------------------------------

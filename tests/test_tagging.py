@@ -18,17 +18,11 @@ from moodtag.models import MODEL_PRESETS, MoodCRNN
 from moodtag.tagging import Tagger, chunk_windows, timeline_windows, window_seconds
 from moodtag.writers import read_records
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SR = 44100
 TAGS = ["mood/theme---calm", "mood/theme---dark", "mood/theme---happy", "mood/theme---sad"]
 STEP = 512 * 10 / SR  # seconds per pooled mel step
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_model(seed: int, *, use_hpcp: bool = True) -> MoodCRNN:

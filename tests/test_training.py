@@ -13,6 +13,8 @@ from moodtag.data.splits import Split, write_split
 from moodtag.features import FeatureParams, TrackFeatures
 from moodtag.store import FeatureStore
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TAGS = ["mood/theme---calm", "mood/theme---dark", "mood/theme---happy"]
 
 
@@ -63,15 +65,6 @@ def tiny_config(root: Path, run_dir: Path, **sections) -> RunConfig:
     for section, update in sections.items():
         values[section] = {**values.get(section, {}), **update} if isinstance(update, dict) else update
     return RunConfig.from_dict(values)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the CI machine's two cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
