@@ -198,6 +198,26 @@ def test_preset_parameter_counts():
     assert 2_500_000 < counts["paper"] < 3_500_000
     assert 300_000 < counts["small"] < 1_000_000
     assert 3_000 < counts["tiny"] < 50_000
+    assert counts["tiny"] < counts["demo"] < 100_000
+
+
+def test_circular_hpcp_branch_is_transposition_invariant_and_off_by_default():
+    """Circular pitch padding + a last block pooling all 12 bins: rolling the HPCP (a key change) changes nothing."""
+    assert CRNNConfig().hpcp_circular is False and MODEL_PRESETS["demo"].hpcp_circular is True
+    pooling = {"hpcp_channels": [4, 4, 8], "hpcp_pooling": [[1, 2], [1, 2], [12, 2]]}
+    circular = _tiny(**pooling, hpcp_circular=True).eval()
+    zero_padded = _tiny(**pooling).eval()
+    zero_padded.load_state_dict(circular.state_dict())  # same parameters: only the padding differs
+    mel, hpcp = _inputs(2, 80, 200)
+    for shift in (1, 5):
+        rolled = torch.roll(hpcp, shift, dims=1)
+        torch.testing.assert_close(circular(mel, rolled), circular(mel, hpcp), rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(zero_padded(mel, rolled), zero_padded(mel, hpcp), rtol=1e-5, atol=1e-6)
+    # The mel branch keeps zero padding: the circular option touches only the pitch-class axis of the HPCP branch.
+    assert all(conv.padding == (1, 1) for conv in circular.mel_branch.modules() if isinstance(conv, torch.nn.Conv2d)
+               and conv.kernel_size == (3, 3))
+    with pytest.raises(ConfigError, match="hpcp_circular"):
+        CRNNConfig(hpcp_circular="yes")
 
 
 def test_paper_preset_matches_released_architecture():

@@ -11,7 +11,9 @@ bypass probability follow the paper's text, 3 and 0.1, where the released script
 Where we differ on purpose: a channel change on the skip path goes through a 1x1 projection (the released code adds
 the one-channel input by broadcasting), and pooling uses ceil mode so any length works, which leaves the HPCP branch
 2 pitch bins after three 2x2 pools instead of 1. Long-mode inputs are zero-padded upstream; with ``gru_pool="last"``
-the forward state has read through that padding, as in the released code.
+the forward state has read through that padding, as in the released code. ``hpcp_circular`` (off except in the
+``demo`` preset) is a further departure: the HPCP branch treats the 12 pitch classes as a circle, which makes it
+transposition-invariant; on the synthetic demo's ~180 tracks in random keys the paper's branch learns no harmony tag.
 
 The model is pure: tensors in, logits out (use ``BCEWithLogitsLoss``); it knows nothing of files or training.
 """
@@ -40,6 +42,10 @@ class CRNNConfig:
     vector: ``"last"`` concatenates the final forward and backward hidden states (the released code), ``"mean"``
     averages the outputs over time. ``stochastic_blocks`` StochasticConvBlocks (the noisy student; 0 for teachers)
     follow the first conv block of every branch. ``dropout`` acts in the fusion head (and between stacked GRU layers).
+    ``hpcp_circular`` (a departure from the paper, off by default) pads the HPCP branch's 3x3 convs circularly along
+    the pitch axis, which is a circle of 12 pitch classes: the convs then see the interval C-E the same way as B-D#,
+    and with HPCP pooling that keeps every pitch bin until a last block pooling them all (e.g. ((1, 2), (12, 4))),
+    the branch is transposition-invariant, so it can learn major vs minor from few tracks in random keys.
     """
 
     n_mels: int = 128
@@ -60,6 +66,7 @@ class CRNNConfig:
     stochastic_dropout: float = 0.1
     gem_p: float = 3.0
     gem_learnable: bool = True
+    hpcp_circular: bool = False
 
     def __post_init__(self) -> None:
         for name in ("mel_channels", "hpcp_channels"):
@@ -90,7 +97,7 @@ class CRNNConfig:
                 raise ConfigError(f"model config: {name} must be a probability in [0, 1), got {value!r}")
         if not isinstance(self.gem_p, (int, float)) or self.gem_p <= 0:
             raise ConfigError(f"model config: gem_p must be positive, got {self.gem_p!r}")
-        for name in ("use_hpcp", "gem_learnable"):
+        for name in ("use_hpcp", "gem_learnable", "hpcp_circular"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"model config: {name} must be true or false, got {getattr(self, name)!r}")
 
@@ -146,6 +153,13 @@ MODEL_PRESETS: dict[str, CRNNConfig] = {
         hpcp_channels=(4, 8), hpcp_pooling=((2, 2), (2, 4)),
         gru_hidden=16, embed_dim=32, fusion_hidden=32,
     ),
+    # The synthetic demo: tiny's layout at twice the width, and a transposition-invariant HPCP branch (circular pitch
+    # padding, every pitch bin kept until the last block pools all 12) so harmony tags are learnable from ~180 tracks.
+    "demo": CRNNConfig(
+        mel_channels=(8, 16), mel_pooling=((4, 2), (4, 4)),
+        hpcp_channels=(8, 8, 16, 16), hpcp_pooling=((1, 2), (1, 2), (1, 2), (12, 2)), hpcp_circular=True,
+        gru_hidden=32, embed_dim=32, fusion_hidden=32,
+    ),
 }
 
 
@@ -173,7 +187,8 @@ class CRNNBranch(nn.Module):
     Input (batch, bins, time) -> embedding (batch, embed_dim). Any time length >= 1 works (pooling uses ceil mode).
     """
 
-    def __init__(self, bins: int, channels: tuple[int, ...], pooling: tuple[Pool, ...], config: CRNNConfig):
+    def __init__(self, bins: int, channels: tuple[int, ...], pooling: tuple[Pool, ...], config: CRNNConfig, *,
+                 circular: bool = False):
         super().__init__()
         layers: list[nn.Module] = []
         in_ch, out_bins = 1, bins
@@ -185,6 +200,8 @@ class CRNNBranch(nn.Module):
                               for _ in range(config.stochastic_blocks))
             in_ch, out_bins = out_ch, math.ceil(out_bins / pool[0])
         self.convs = nn.Sequential(*layers)
+        if circular:
+            _pad_bins_circularly(self.convs)
         self.gru = nn.GRU(in_ch * out_bins, config.gru_hidden, num_layers=config.gru_layers, batch_first=True,
                           bidirectional=True, dropout=config.dropout if config.gru_layers > 1 else 0.0)
         self.project = nn.Sequential(nn.Linear(2 * config.gru_hidden, config.embed_dim), nn.ReLU())
@@ -209,6 +226,20 @@ class CRNNBranch(nn.Module):
             return self.gru(x.to(self.gru.weight_ih_l0.dtype))
 
 
+def _pad_bins_circularly(module: nn.Module) -> None:
+    """Make every 3x3 conv in `module` wrap around the bin axis (zero padding stays on the time axis)."""
+    for conv in module.modules():
+        if isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3):
+            conv.padding = (0, 1)
+            conv.register_forward_pre_hook(_wrap_bins)
+
+
+def _wrap_bins(conv: nn.Module, inputs: tuple[torch.Tensor]) -> tuple[torch.Tensor]:
+    # torch.cat rather than F.pad(mode="circular"): it exports to ONNX on every opset.
+    x = inputs[0]
+    return (torch.cat([x[:, :, -1:], x, x[:, :, :1]], dim=2),)
+
+
 class MoodCRNN(nn.Module):
     """Mel (+ HPCP) CRNN tagger: ``forward(mel, hpcp) -> logits (batch, n_tags)``.
 
@@ -224,7 +255,8 @@ class MoodCRNN(nn.Module):
         self.config = config
         self.n_tags = n_tags
         self.mel_branch = CRNNBranch(config.n_mels, config.mel_channels, config.mel_pooling, config)
-        self.hpcp_branch = (CRNNBranch(config.hpcp_bins, config.hpcp_channels, config.hpcp_pooling, config)
+        self.hpcp_branch = (CRNNBranch(config.hpcp_bins, config.hpcp_channels, config.hpcp_pooling, config,
+                                       circular=config.hpcp_circular)
                             if config.use_hpcp else None)
         fused = config.embed_dim * (2 if config.use_hpcp else 1)
         self.head = nn.Sequential(
