@@ -1,9 +1,7 @@
 """`moodtag train CONFIG.yaml`: train one Table 1 row into its run directory."""
 from __future__ import annotations
 
-import contextlib
 import logging
-import sys
 
 from . import add_command
 
@@ -36,9 +34,7 @@ def run(args) -> int:
                 "strategy": args.strategy, "precision": args.precision}
     overrides = list(args.overrides) + [f"train.{key}={value}" for key, value in hardware.items() if value is not None]
     config = load_config(args.config, overrides=overrides, data_root=args.data_root, run_dir=args.run_dir)
-    # Lightning draws its progress bars on stdout; stdout is for the result (the run directory).
-    with contextlib.redirect_stdout(sys.stderr):
-        run_dir = train(config, resume=args.resume, quiet=args.quiet)
+    run_dir = train(config, resume=args.resume, quiet=args.quiet)
     if global_rank() != 0:
         return 0  # the other DDP processes leave the report to rank 0
     info = read_run_info(run_dir)

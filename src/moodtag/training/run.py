@@ -10,8 +10,10 @@ A run directory (`runs/<name>` unless the config or caller says otherwise) holds
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import sys
 import json
 import logging
 import math
@@ -108,7 +110,9 @@ def train(
             params.hpcp_frames_per_mel_step,
         )
         trainer = _trainer(config, run_dir, quiet, callbacks)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        # Lightning draws its progress bars on stdout, which belongs to results (a command's output, the demo's table).
+        with contextlib.redirect_stdout(sys.stderr):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except BaseException as err:
         if global_rank() == 0:
             _update_run_info(run_dir, status="failed", error=f"{type(err).__name__}: {err}")
