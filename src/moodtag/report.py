@@ -183,6 +183,9 @@ def write_report(
     `test_scores` maps row name -> (n_test, n_tags) probabilities aligned with `test_labels`; `runs` maps row name ->
     run directory (for metrics.csv); `pseudo_labels` maps student row -> its pseudo-label folder (for counts.tsv).
     """
+    # reproduce imports this module, so its table writer is imported here.
+    from .reproduce import results_markdown
+
     folder = results.out_dir / "report"
     stats = {name: read_counts(p / "counts.tsv") for name, p in pseudo_labels.items() if (p / "counts.tsv").is_file()}
     figures = {
@@ -193,22 +196,7 @@ def write_report(
         "Training curves": training_curves_figure(runs, folder / "training_curves.png"),
         "Pseudo-labels per tag": pseudo_label_figure(stats, folder / "pseudo_labels.png"),
     }
-    lines = [
-        f"# moodtag reproduction: {results.config_dir.name}",
-        "",
-        "Test split. Oracle thresholds: each tag's F-score-maximising threshold on test (the MediaEval protocol the "
-        "paper used). The paper's values are in parentheses where it reports them.",
-        "",
-        results.table(thresholds="oracle"),
-        "",
-        "With thresholds tuned on validation (what a deployed tagger can do; ROC-AUC and PR-AUC do not depend on them):",
-        "",
-        results.table(thresholds="tuned", paper=False),
-        "",
-    ]
-    if results.alpha:
-        lines += [f"Ensemble alpha (weight of the short model) = {results.alpha['alpha']:.2f}, "
-                  f"searched on validation {results.alpha['metric']}.", ""]
+    lines = [results_markdown(results)]
     lines += _pseudo_label_lines(stats)
     for title, name in figures.items():
         if name:
