@@ -13,39 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-TAGS = ["mood/theme---calm", "mood/theme---dark", "mood/theme---happy"]
+from tagged_corpus import write_tagged_corpus
 
 
 def make_corpus(root: Path, counts: dict[str, int], *, seed: int = 0, steps: tuple[int, int] = (40, 100)) -> Path:
-    """A corpus in the synthetic layout (tags.txt, splits/<name>.tsv, features/) whose tags are written into the
-    features: tag k raises mel bins [32k, 32k + 24) and HPCP bin 3k, so a tiny model can learn them."""
-    from moodtag.data.splits import Split, write_split
-    from moodtag.features import FeatureParams, TrackFeatures
-    from moodtag.store import FeatureStore
-
-    rng = np.random.default_rng(seed)
-    params = FeatureParams()
-    store = FeatureStore.create(root / "features", params)
-    (root / "tags.txt").write_text("\n".join(TAGS) + "\n")
-    for split, count in counts.items():
-        rows = Split([], [], [], [], [], [])
-        for i in range(count):
-            track_id = f"{split}_{i:03d}"
-            labels = rng.random(len(TAGS)) < 0.4
-            labels[i % len(TAGS)] = True
-            n_steps = int(rng.integers(*steps))
-            mel = rng.random((128, n_steps)) * 0.2
-            hpcp = rng.random((12, round(n_steps * params.hpcp_frames_per_mel_step))) * 0.2
-            for k in np.flatnonzero(labels):
-                mel[32 * k : 32 * k + 24] += 0.5 * rng.random()
-                hpcp[3 * k] += 0.5 * rng.random()
-            store.write(track_id, TrackFeatures(mel, hpcp, n_steps * params.mel_step_seconds, 44100, params.hash))
-            for column, value in zip((rows.track_ids, rows.artist_ids, rows.album_ids, rows.paths, rows.durations),
-                                     (track_id, f"artist_{i}", f"album_{i}", f"{track_id}.ogg", 10.0)):
-                column.append(value)
-            rows.tags.append([TAGS[k] for k in np.flatnonzero(labels)])
-        write_split(root / "splits" / f"{split}.tsv", rows)
-    return root
+    """A tagged corpus with a weaker, noisier signal than the training tests' (see tagged_corpus)."""
+    return write_tagged_corpus(root, counts, seed=seed, steps=steps, random_lift=True)
 
 
 def tiny_config(root: Path, run_dir: Path, *, mode: str = "long", **train):

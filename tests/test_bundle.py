@@ -12,42 +12,20 @@ import torch
 
 from moodtag.bundle import BundleError, ExportMember, export, load_bundle, versions_compatible, write_bundle
 from moodtag.config import RunConfig
-from moodtag.data.splits import Split, write_split
 from moodtag.features import FeatureParams, TrackFeatures
 from moodtag.models import MODEL_PRESETS, MoodCRNN
 from moodtag.store import FeatureStore
 from moodtag.tagging import Tagger
+from tagged_corpus import TAGS, write_tagged_corpus
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TAGS = ["mood/theme---calm", "mood/theme---dark", "mood/theme---happy"]
 PARAMS = FeatureParams()
 
 
 def make_corpus(root: Path) -> Path:
-    """Stored features whose tags are visible in them (tag k lifts mel bins [32k, 32k + 24) and HPCP bin 3k)."""
-    rng = np.random.default_rng(0)
-    store = FeatureStore.create(root / "features", PARAMS)
-    (root / "tags.txt").write_text("\n".join(TAGS) + "\n")
-    for split, count in (("train", 12), ("validation", 10), ("test", 6)):
-        rows = Split([], [], [], [], [], [])
-        for i in range(count):
-            track_id = f"{split}_{i:02d}"
-            labels = rng.random(len(TAGS)) < 0.4
-            labels[i % len(TAGS)] = True
-            n_steps = int(rng.integers(50, 230))  # shorter than a chunk, and with tails
-            mel = rng.random((128, n_steps)) * 0.2
-            hpcp = rng.random((12, round(n_steps * PARAMS.hpcp_frames_per_mel_step))) * 0.2
-            for k in np.flatnonzero(labels):
-                mel[32 * k : 32 * k + 24] += 0.6
-                hpcp[3 * k] += 0.6
-            store.write(track_id, TrackFeatures(mel, hpcp, n_steps * PARAMS.mel_step_seconds, 44100, PARAMS.hash))
-            for column, value in zip((rows.track_ids, rows.artist_ids, rows.album_ids, rows.paths, rows.durations),
-                                     (track_id, f"artist_{i}", f"album_{i}", f"{track_id}.ogg", 10.0)):
-                column.append(value)
-            rows.tags.append([TAGS[k] for k in np.flatnonzero(labels)])
-        write_split(root / "splits" / f"{split}.tsv", rows)
-    return root
+    """Tracks shorter than a chunk and with tails, tags visible in the features (see tagged_corpus)."""
+    return write_tagged_corpus(root, {"train": 12, "validation": 10, "test": 6}, steps=(50, 230), id_digits=2)
 
 
 def train_tiny(root: Path, run_dir: Path, mode: str) -> Path:

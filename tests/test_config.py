@@ -125,7 +125,8 @@ def restore_threads():
 @pytest.mark.slow
 def test_every_demo_config_trains_one_tiny_batch_on_cpu(tmp_path, restore_threads):
     """Smoke test: each demo row (students with a pseudo-label file) runs one batch of training and validation."""
-    from test_training import TAGS, make_corpus
+    from tagged_corpus import TAGS
+    from test_training import make_corpus
 
     torch.set_num_threads(1)  # restored by the fixture; tiny models are fastest on one thread
     from moodtag.training.run import predict_split, pseudo_labels_path, train

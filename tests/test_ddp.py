@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from scaling_helpers import TAGS, make_corpus, tiny_config
+from scaling_helpers import make_corpus, tiny_config
+from tagged_corpus import TAGS
 
 HELPER = Path(__file__).with_name("scaling_helpers.py")
 N_VALIDATION = 7  # odd: the distributed sampler pads two ranks to 4 + 4 with one repeated track

@@ -12,7 +12,8 @@ from moodtag.cli import main as moodtag
 from moodtag.errors import DataError
 from moodtag.merge import MergeError, check_coverage, merge, merge_rows, write_part
 
-from scaling_helpers import TAGS, make_corpus, tiny_config
+from scaling_helpers import make_corpus, tiny_config
+from tagged_corpus import TAGS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,50 +9,18 @@ import pytest
 import torch
 
 from moodtag.config import RunConfig
-from moodtag.data.splits import Split, write_split
-from moodtag.features import FeatureParams, TrackFeatures
 from moodtag.store import FeatureStore
+from tagged_corpus import TAGS, write_tagged_corpus
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-TAGS = ["mood/theme---calm", "mood/theme---dark", "mood/theme---happy"]
 
 
 def make_corpus(root: Path, *, n_train: int = 16, n_validation: int = 12, n_test: int = 6, seed: int = 0,
                 steps: tuple[int, int] = (60, 200), missing: int = 0, mislabel_validation: bool = False) -> Path:
-    """A corpus in the synthetic layout whose tags are written into the features.
-
-    Tag k raises mel bins [32k, 32k + 24) and HPCP bin 3k; every track has at least one tag. `missing` extra train
-    tracks are listed in the split but have no features. `mislabel_validation` lists each validation track with the
-    complement of the tags its features show, so learning the training set makes validation scores worse.
-    """
-    rng = np.random.default_rng(seed)
-    params = FeatureParams()
-    store = FeatureStore.create(root / "features", params)
-    (root / "tags.txt").write_text("\n".join(TAGS) + "\n")
-    ratio = params.hpcp_frames_per_mel_step
-    for split, count in (("train", n_train), ("validation", n_validation), ("test", n_test)):
-        rows = Split([], [], [], [], [], [])
-        for i in range(count + (missing if split == "train" else 0)):
-            track_id = f"{split}_{i:03d}"
-            labels = rng.random(len(TAGS)) < 0.4
-            labels[i % len(TAGS)] = True
-            n_steps = int(rng.integers(*steps))
-            if i < count:
-                mel = rng.random((128, n_steps)) * 0.2
-                hpcp = rng.random((12, round(n_steps * ratio))) * 0.2
-                for k in np.flatnonzero(labels):
-                    mel[32 * k : 32 * k + 24] += 0.6
-                    hpcp[3 * k] += 0.6
-                store.write(track_id, TrackFeatures(mel, hpcp, n_steps * params.mel_step_seconds, 44100, params.hash))
-            for column, value in zip((rows.track_ids, rows.artist_ids, rows.album_ids, rows.paths, rows.durations),
-                                     (track_id, f"artist_{i}", f"album_{i}", f"{track_id}.ogg", 10.0)):
-                column.append(value)
-            if split == "validation" and mislabel_validation:
-                labels = ~labels
-            rows.tags.append([TAGS[k] for k in np.flatnonzero(labels)])
-        write_split(root / "splits" / f"{split}.tsv", rows)
-    return root
+    """A tagged corpus (see tagged_corpus); `missing` train tracks have no features, `mislabel_validation` makes
+    learning the training set worsen validation scores."""
+    return write_tagged_corpus(root, {"train": n_train, "validation": n_validation, "test": n_test}, seed=seed,
+                               steps=steps, missing=missing, mislabel_validation=mislabel_validation)
 
 
 def tiny_config(root: Path, run_dir: Path, **sections) -> RunConfig:
