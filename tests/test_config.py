@@ -125,13 +125,13 @@ def restore_threads():
 @pytest.mark.slow
 def test_every_demo_config_trains_one_tiny_batch_on_cpu(tmp_path, restore_threads):
     """Smoke test: each demo row (students with a pseudo-label file) runs one batch of training and validation."""
-    from tagged_corpus import TAGS
-    from test_training import make_corpus
+    from tagged_corpus import TAGS, write_tagged_corpus
 
     torch.set_num_threads(1)  # restored by the fixture; tiny models are fastest on one thread
     from moodtag.training.run import predict_split, pseudo_labels_path, train
 
-    corpus = make_corpus(tmp_path / "corpus", n_train=6, n_validation=4, n_test=2)
+    corpus = write_tagged_corpus(tmp_path / "corpus", {"train": 6, "validation": 4, "test": 2, "unlabelled": 2},
+                                 steps=(60, 200))
     runs = tmp_path / "runs"
     for row in ROWS:
         config = load_config(CONFIGS / "demo" / f"{row}.yaml", data_root=corpus, run_dir=runs / row, overrides=[
@@ -142,7 +142,7 @@ def test_every_demo_config_trains_one_tiny_batch_on_cpu(tmp_path, restore_thread
             labels = pseudo_labels_path(config)
             labels.parent.mkdir(parents=True, exist_ok=True)
             targets = np.array([[1, np.nan, 0], [np.nan] * 3], np.float32)
-            np.savez(labels, track_ids=np.array(["test_000", "test_001"]), tags=np.array(TAGS), targets=targets)
+            np.savez(labels, track_ids=np.array(["unlabelled_000", "unlabelled_001"]), tags=np.array(TAGS), targets=targets)
         run_dir = train(config, quiet=True)
         info = json.loads((run_dir / "run.json").read_text())
         assert info["status"] == "completed" and info["epochs"] == 1, row

@@ -182,3 +182,80 @@ def test_unknown_pseudo_labels_do_not_reach_the_students_loss(tmp_path, rng):
     expected = -np.mean(targets[known] * np.log(p) + (1 - targets[known]) * np.log(1 - p))
     assert int(n_known) == known.sum() and 0 < known.sum() < targets.size
     assert float(loss) == pytest.approx(expected, rel=1e-5)
+
+
+# --- the student's pool -------------------------------------------------------------------------------------------
+
+
+def student_corpus(root):
+    """Tagged corpus plus `splits/pool.tsv` listing every track, as MTG-Jamendo's autotagging.tsv lists split 0's."""
+    from moodtag.data.splits import Split, read_split, write_split
+    from tagged_corpus import write_tagged_corpus
+
+    write_tagged_corpus(root, {"train": 8, "validation": 6, "test": 4, "unlabelled": 5}, steps=(60, 100))
+    parts = [read_split(root / "splits" / f"{name}.tsv") for name in ("train", "validation", "test", "unlabelled")]
+    pool = Split(*([value for part in parts for value in getattr(part, field)]
+                   for field in ("track_ids", "artist_ids", "album_ids", "paths", "durations", "tags")))
+    write_split(root / "splits" / "pool.tsv", pool)
+    return root, parts
+
+
+def student_config(root, run_dir, **student):
+    from moodtag.config import RunConfig
+
+    return RunConfig.from_dict({
+        "name": "student", "run_dir": str(run_dir),
+        "data": {"root": str(root), "mode": "long", "long_steps": 64, "batch_size": 4},
+        "model": {"preset": "tiny"}, "train": {"max_epochs": 1, "accelerator": "cpu"},
+        "student": {"teacher": "teacher", "unlabelled_split": "splits/pool.tsv", **student},
+    })
+
+
+@pytest.mark.parametrize("transductive", [False, True])
+def test_the_pool_leaves_out_evaluation_audio_unless_asked(tmp_path, transductive):
+    """Labels for every track of the pool file: the student trains on train + the true pool by default, and on the
+    validation and test tracks too with pool_includes_evaluation_audio (the released code's transductive pool)."""
+    from moodtag.data.datamodule import MoodDataModule
+
+    root, (train, validation, test, unlabelled) = student_corpus(tmp_path)
+    config = student_config(root, tmp_path / "runs" / "student", pool_includes_evaluation_audio=transductive)
+    every = train.track_ids + validation.track_ids + test.track_ids + unlabelled.track_ids
+    pl.save_labels(tmp_path / "labels.npz", every, TAGS, np.zeros((len(every), len(TAGS)), np.float32))
+    datamodule = MoodDataModule(config, pseudo_labels=tmp_path / "labels.npz")
+    datamodule.setup("fit")
+    evaluation = validation.track_ids + test.track_ids
+    pool = unlabelled.track_ids + (evaluation if transductive else [])
+    assert sorted(datamodule.train_tracks.track_ids) == sorted(train.track_ids + pool)
+    assert datamodule.pool_info == {"tracks": len(pool), "includes_evaluation_audio": transductive,
+                                    "evaluation_tracks": len(evaluation) if transductive else 0}
+    settings = pl.student_pool_settings(config)
+    assert settings["exclude"] == set(train.track_ids) | (set() if transductive else set(evaluation))
+
+
+@pytest.mark.slow
+def test_reproduce_labels_the_pool_with_the_students_scope_and_exclusion(tmp_path, one_thread):
+    """Through `moodtag reproduce`: the teacher labels only the true pool, with the scope the student asks for."""
+    import json
+
+    import yaml
+
+    from moodtag.reproduce import reproduce
+
+    root, (train, validation, test, unlabelled) = student_corpus(tmp_path / "corpus")
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    base = {"data": {"mode": "long", "long_steps": 64, "batch_size": 4}, "model": {"preset": "tiny"},
+            "train": {"max_epochs": 1, "accelerator": "cpu"}}
+    (configs / "teacher.yaml").write_text(yaml.safe_dump(base))
+    student = {"teacher": "teacher", "unlabelled_split": "splits/pool.tsv", "threshold_rule": "derived",
+               "threshold_scope": "global"}
+    (configs / "student.yaml").write_text(yaml.safe_dump({**base, "student": student}))
+    reproduce(configs, data_root=root, out_dir=tmp_path / "out", ensemble=None, quiet=True)
+    labels = tmp_path / "out" / "runs" / "teacher" / "pseudo-labels"
+    thresholds = json.loads((labels / "thresholds.json").read_text())
+    assert thresholds["scope"] == "global"
+    assert len({(row["t_pos"], row["t_neg"]) for row in thresholds["tags"] if not row["note"]}) == 1
+    assert sorted(pl.load_labels(labels / "labels.npz")[0]) == sorted(unlabelled.track_ids)
+    info = json.loads((tmp_path / "out" / "runs" / "student" / "run.json").read_text())
+    assert info["pool"] == {"tracks": len(unlabelled), "includes_evaluation_audio": False, "evaluation_tracks": 0}
+    assert info["n_train"] == len(train) + len(unlabelled)

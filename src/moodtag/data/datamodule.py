@@ -19,7 +19,9 @@ from .datasets import (
     TrackSet,
     collate_chunks,
     labelled_tracks,
+    pool_exclusion,
     pseudo_labelled_tracks,
+    split_track_ids,
 )
 from .splits import read_tag_list
 
@@ -61,6 +63,7 @@ class MoodDataModule(L.LightningDataModule):
     """Train and validation loaders for one run.
 
     pseudo_labels: a labels.npz whose tracks (read from the student's unlabelled store) join the labelled train set.
+    pool_info: for students, the pool's size, whether it may hold evaluation audio, and how many such tracks it holds.
     """
 
     def __init__(self, config: RunConfig, *, pseudo_labels: str | os.PathLike | None = None):
@@ -73,6 +76,7 @@ class MoodDataModule(L.LightningDataModule):
         self.hpcp_frames_per_step = self.store.params.hpcp_frames_per_mel_step
         self.train_tracks: TrackSet | None = None
         self.val_tracks: TrackSet | None = None
+        self.pool_info: dict | None = None
 
     def setup(self, stage: str | None = None) -> None:
         data = self.config.data
@@ -94,7 +98,13 @@ class MoodDataModule(L.LightningDataModule):
         store = open_store(self.config.data.path(store_path))
         if store.params.hash != self.store.params.hash:
             raise DataError(f"{store.root}: feature parameters differ from {self.store.root}")
-        return pseudo_labelled_tracks(self.pseudo_labels, store, self.tags, exclude=set(self.train_tracks.track_ids))
+        pool = pseudo_labelled_tracks(self.pseudo_labels, store, self.tags, exclude=pool_exclusion(self.config))
+        evaluation = split_track_ids(self.config.data, ("validation", "test"))
+        self.pool_info = {
+            "tracks": len(pool), "includes_evaluation_audio": student.pool_includes_evaluation_audio,
+            "evaluation_tracks": sum(track_id in evaluation for track_id in pool.track_ids),
+        }
+        return pool
 
     def train_dataloader(self) -> DataLoader:
         data = self.config.data

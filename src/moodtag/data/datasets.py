@@ -17,17 +17,21 @@ import dataclasses
 import logging
 import os
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..config import DataConfig, RunConfig
 from ..errors import DataError
 from ..store import FeatureStore
 from .splits import read_split
 
 log = logging.getLogger(__name__)
+
+LABELLED_SPLITS = ("train", "validation", "test")
 
 
 @dataclasses.dataclass
@@ -109,14 +113,30 @@ def read_pseudo_labels(path: str | os.PathLike, tags: list[str]) -> tuple[list[s
 def pseudo_labelled_tracks(
     path: str | os.PathLike, store: FeatureStore, tags: list[str], *, exclude: set[str] = frozenset()
 ) -> TrackSet:
-    """Pseudo-labelled tracks with features; tracks in `exclude` (the labelled ones) keep their true labels instead."""
+    """Pseudo-labelled tracks with features, leaving out the tracks in `exclude` (those of the labelled splits)."""
     track_ids, targets = read_pseudo_labels(path, tags)
     overlap = [i for i, t in enumerate(track_ids) if t in exclude]
     if overlap:
-        log.warning("%s: %d pseudo-labelled tracks are also labelled; their true labels are used", path, len(overlap))
+        log.warning("%s: %d pseudo-labelled tracks are in the labelled splits and are left out of the pool", path, len(overlap))
     candidates = [i for i, t in enumerate(track_ids) if t not in exclude]
     keep = [candidates[i] for i in with_features([track_ids[i] for i in candidates], store, str(path))]
     return TrackSet([track_ids[i] for i in keep], targets[keep], [store] * len(keep))
+
+
+def split_track_ids(data: DataConfig, splits: Sequence[str] = LABELLED_SPLITS) -> set[str]:
+    """Every track id listed in the named split files of `data` (with or without features)."""
+    return {track_id for split in splits for track_id in read_split(data.path(getattr(data, f"{split}_split"))).track_ids}
+
+
+def pool_exclusion(config: RunConfig) -> set[str]:
+    """The tracks a student's pseudo-labelled pool must leave out.
+
+    Every track of the labelled split files, so no validation or test audio is trained on. With
+    `student.pool_includes_evaluation_audio` only the train split's: the released code's transductive pool, in which
+    the validation and test tracks are pseudo-labelled and trained on.
+    """
+    splits = ("train",) if config.student.pool_includes_evaluation_audio else LABELLED_SPLITS
+    return split_track_ids(config.data, splits)
 
 
 def crop(array: np.ndarray, start: int, length: int) -> np.ndarray:

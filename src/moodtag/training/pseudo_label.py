@@ -23,7 +23,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 import numpy as np
 
@@ -363,6 +363,7 @@ def pseudo_label(
     t_pos: float = PAPER_T_POS,
     t_neg: float = PAPER_T_NEG,
     chunk_tracks: int = CHUNK_TRACKS,
+    exclude: Collection[str] = frozenset(),
     quiet: bool = False,
 ) -> PseudoLabels | None:
     """Pseudo-label the pool TSV `pool` with the teacher run; None when other shards still have chunks to predict.
@@ -371,6 +372,7 @@ def pseudo_label(
     Output in `out_dir` (default TEACHER_RUN/pseudo-labels): parts/ (per-chunk teacher logits), pool.json,
     reference.npz (teacher logits and labels on train + validation, for derived thresholds), predictions.npz,
     thresholds.json, counts.tsv and labels.npz. A finished folder with the same settings is reused as it is.
+    exclude: pool tracks not to label (the labelled splits' tracks, `moodtag.data.datasets.pool_exclusion`).
     """
     from ..data.splits import read_split
     from ..store import FeatureStore
@@ -382,7 +384,7 @@ def pseudo_label(
         raise DataError(f"threshold rule must be 'fixed' or 'derived', not {rule!r}")
     _, config, tags = load_model(teacher_run)
     store = FeatureStore(store if store is not None else config.data.path(config.data.features))
-    track_ids = _pool_with_features(read_split(pool).track_ids, store, out_dir, pool)
+    track_ids = _pool_with_features(_pool_without(read_split(pool).track_ids, exclude, pool), store, out_dir, pool)
     check_manifest(out_dir, pool_manifest(teacher_run, teacher_run / "checkpoints" / "best.ckpt", track_ids, chunk_tracks))
     finished = _finished(out_dir, rule, scope, t_pos, t_neg)
     if finished is not None:
@@ -412,6 +414,27 @@ def _finished(out_dir: Path, rule: str, scope: str, t_pos: float, t_neg: float) 
     else:
         same = thresholds.mode == "fixed" and np.all(thresholds.t_pos == t_pos) and np.all(thresholds.t_neg == t_neg)
     return existing if same else None
+
+
+def _pool_without(track_ids: list[str], exclude: Collection[str], pool) -> list[str]:
+    kept = [track_id for track_id in track_ids if track_id not in exclude]
+    if len(kept) < len(track_ids):
+        log.info("%s: %d of %d pool tracks are in the labelled splits and are left out", pool,
+                 len(track_ids) - len(kept), len(track_ids))
+    return kept
+
+
+def student_pool_settings(config) -> dict:
+    """The `pseudo_label` keyword arguments a student RunConfig asks for: its pool (minus the tracks it must leave
+    out), the pool's feature store and the threshold rule, scope and pair."""
+    from ..data.datasets import pool_exclusion
+
+    student, data = config.student, config.data
+    return {
+        "pool": data.path(student.unlabelled_split), "store": data.path(student.unlabelled_features or data.features),
+        "rule": student.threshold_rule, "scope": student.threshold_scope, "t_pos": student.positive_threshold,
+        "t_neg": student.negative_threshold, "exclude": pool_exclusion(config),
+    }
 
 
 def _pool_with_features(track_ids: list[str], store, out_dir: Path, pool) -> list[str]:
