@@ -2,7 +2,8 @@
 
     model/
       bundle.json              format, moodtag version, feature parameters + hash, tags, per-tag thresholds,
-                               members (config, mode, input lengths, weight files + sha256), alpha, metrics
+                               members (config, mode, input lengths, weight files + sha256), alpha, metrics,
+                               training data (synthetic corpus or not, data root)
       model.safetensors        weights of a single run, or short/model.safetensors + long/model.safetensors
       model.onnx               with --onnx: the model over features (inputs mel, [hpcp]; output logits)
       model-audio.onnx         with --onnx: the same with the mel front end inside (inputs audio, [hpcp])
@@ -69,6 +70,13 @@ class Bundle:
     chunk_steps: int
     metrics: dict
     moodtag_version: str
+    # What the members were trained on (see `training_data_of`); bundles from before the field read as unknown.
+    training_data: dict = dataclasses.field(default_factory=lambda: {"kind": "unknown"})
+
+    @property
+    def synthetic(self) -> bool:
+        """Trained on moodtag's synthetic corpus: its tags describe generated test music, not real recordings."""
+        return self.training_data.get("kind") == "synthetic"
 
     def combine(self, parts: Sequence[np.ndarray]) -> np.ndarray:
         """Member probabilities (in `members` order) -> the bundle's: one member as is, else alpha * short + ..."""
@@ -86,21 +94,30 @@ class Bundle:
         probabilities = np.asarray(probabilities)
         return decide(np.atleast_2d(probabilities), self.thresholds).reshape(probabilities.shape)
 
-    def runners(self, backend: str = "auto") -> list["MemberRunner"]:
-        """Callables running each member: with PyTorch, with onnxruntime, or "auto": onnxruntime when every member
-        has an ONNX model and onnxruntime is installed (2-3x faster on CPU, see benchmarks/tagging.py), else PyTorch."""
+    def runners(self, backend: str = "auto", device: str = "cpu") -> list["MemberRunner"]:
+        """Callables running each member on `device` ("cpu", "cuda", "cuda:N"): with PyTorch, with onnxruntime, or
+        "auto": onnxruntime when every member has an ONNX model and onnxruntime runs on the device (2-3x faster on
+        CPU, see benchmarks/tagging.py), else PyTorch.
+
+        Raises ConfigError for an unknown backend or device, or a CUDA device that neither runtime can use.
+        """
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+        device = _check_device_name(device)
         if backend == "auto":
-            backend = "onnx" if self.has_onnx() else "torch"
+            backend = "onnx" if self.has_onnx(device) else "torch"
+        if backend == "torch":
+            _check_torch_device(device)
         build = _torch_runner if backend == "torch" else _onnx_runner
-        return [MemberRunner(member, build(self, member)) for member in self.members]
+        return [MemberRunner(member, build(self, member, device)) for member in self.members]
 
-    def has_onnx(self) -> bool:
-        """Every member has an ONNX model and onnxruntime can be imported."""
+    def has_onnx(self, device: str = "cpu") -> bool:
+        """Every member has an ONNX model and onnxruntime is installed, with a CUDA provider for a CUDA device."""
         import importlib.util
 
-        return all(m.onnx for m in self.members) and importlib.util.find_spec("onnxruntime") is not None
+        if not all(m.onnx for m in self.members) or importlib.util.find_spec("onnxruntime") is None:
+            return False
+        return device == "cpu" or _ONNX_CUDA in _onnx_providers()
 
     def build_model(self, member: Member):
         """The member's MoodCRNN (eval mode, CPU) with its weights."""
@@ -125,19 +142,49 @@ class MemberRunner:
         return self._forward(mel, hpcp if self.use_hpcp else None)
 
 
-def _torch_runner(bundle: Bundle, member: Member) -> Callable:
+_ONNX_CUDA = "CUDAExecutionProvider"
+
+
+def _check_device_name(device: str) -> str:
+    name, _, index = str(device).partition(":")
+    if name not in ("cpu", "cuda") or (index and (name == "cpu" or not index.isdigit())):
+        raise ConfigError(f"unknown device {device!r}; choose cpu, cuda or cuda:N")
+    return str(device)
+
+
+def _check_torch_device(device: str) -> None:
     import torch
 
-    model = bundle.build_model(member)
+    if device == "cpu":
+        return
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device {device}: PyTorch sees no CUDA GPU (a CPU-only build, or no driver); "
+                          "use --device cpu")
+    index = int(device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device}: only {torch.cuda.device_count()} CUDA GPU(s) visible")
+
+
+def _onnx_providers() -> list[str]:
+    import onnxruntime
+
+    return onnxruntime.get_available_providers()
+
+
+def _torch_runner(bundle: Bundle, member: Member, device: str = "cpu") -> Callable:
+    import torch
+
+    model = bundle.build_model(member).to(device)
 
     def forward(mel, hpcp):
+        # Inputs arrive as CPU tensors from the feature workers; the aggregation after the model runs on CPU.
         with torch.inference_mode():
-            return model(mel, hpcp)
+            return model(mel.to(device), None if hpcp is None else hpcp.to(device)).cpu()
 
     return forward
 
 
-def _onnx_runner(bundle: Bundle, member: Member) -> Callable:
+def _onnx_runner(bundle: Bundle, member: Member, device: str = "cpu") -> Callable:
     if member.onnx is None:
         raise BundleError(f"{bundle.root}: member {member.name!r} has no ONNX model (export with --onnx)")
     try:
@@ -146,7 +193,14 @@ def _onnx_runner(bundle: Bundle, member: Member) -> Callable:
         raise BundleError("the ONNX backend needs onnxruntime: pip install 'moodtag[onnx]'") from None
     import torch
 
-    session = onnxruntime.InferenceSession(str(bundle.root / member.onnx), providers=["CPUExecutionProvider"])
+    if device == "cpu":
+        providers = ["CPUExecutionProvider"]
+    elif _ONNX_CUDA in _onnx_providers():
+        providers = [(_ONNX_CUDA, {"device_id": int(device.partition(":")[2] or 0)}), "CPUExecutionProvider"]
+    else:
+        raise ConfigError(f"device {device}: this onnxruntime has no CUDA provider (pip install onnxruntime-gpu), "
+                          "or use --backend torch")
+    session = onnxruntime.InferenceSession(str(bundle.root / member.onnx), providers=providers)
 
     def forward(mel, hpcp):
         feeds = {"mel": mel.numpy()}
@@ -235,6 +289,7 @@ def _bundle_from_info(root: Path, info: dict) -> Bundle:
         root=root, tags=tags, thresholds=thresholds, feature_params=FeatureParams.from_dict(info["feature_params"]),
         members=members, alpha=info.get("alpha"), chunk_steps=int(info["chunk_steps"]),
         metrics=info.get("metrics", {}), moodtag_version=str(info["moodtag_version"]),
+        training_data=dict(info.get("training_data") or {"kind": "unknown"}),
     )
 
 
@@ -279,11 +334,13 @@ def write_bundle(
     chunk_steps: int,
     alpha: float | None = None,
     metrics: dict | None = None,
+    training_data: dict | None = None,
     onnx: bool = False,
 ) -> Path:
     """Write a bundle folder atomically: built in a temporary sibling, then renamed over `out`.
 
     An existing `out` is replaced only when it is a bundle itself (never an unrelated folder).
+    training_data: what the models learnt from (`training_data_of`); None records it as unknown.
     """
     from safetensors.torch import save_file
 
@@ -325,6 +382,7 @@ def write_bundle(
             "alpha": alpha,
             "combine": None if alpha is None else "alpha * short + (1 - alpha) * long (probabilities)",
             "metrics": metrics or {},
+            "training_data": training_data or {"kind": "unknown"},
         }
         (staging / BUNDLE_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         _make_readable(staging)
@@ -374,20 +432,23 @@ def export(source: str | os.PathLike, out: str | os.PathLike, *, onnx: bool = Fa
         runs, alpha = [("model", source)], None
     else:
         raise BundleError(f"{source}: neither a training run (run.json) nor an ensemble (members.json)")
-    exported, tags, params, chunk_steps = _export_members(runs)
+    exported, tags, params, chunk_steps, data_roots = _export_members(runs)
     if alpha is None:
         ensure_predictions(source, "validation", quiet=quiet)
     thresholds, metrics = _tune_and_score(source, runs[0][1], tags)
     metrics["runs"] = {name: _run_summary(run) for name, run in runs}
     return write_bundle(out, exported, tags=tags, thresholds=thresholds, feature_params=params,
-                        chunk_steps=chunk_steps, alpha=alpha, metrics=metrics, onnx=onnx)
+                        chunk_steps=chunk_steps, alpha=alpha, metrics=metrics, onnx=onnx,
+                        training_data=_training_data(data_roots))
 
 
-def _export_members(runs: list[tuple[str, Path]]) -> tuple[list[ExportMember], list[str], FeatureParams, int]:
-    """Load each run's best model; check that all agree on tags and features and that modes fit their roles."""
+def _export_members(runs: list[tuple[str, Path]]) -> tuple[list[ExportMember], list[str], FeatureParams, int, dict]:
+    """Load each run's best model; check that all agree on tags and features and that modes fit their roles.
+
+    Also returns each member's data root (None when its config names none)."""
     from .training import load_model
 
-    exported, tags, params, chunk_steps = [], None, None, None
+    exported, tags, params, chunk_steps, data_roots = [], None, None, None, {}
     for name, run in runs:
         model, config, run_tags = load_model(run)
         run_params = _run_feature_params(run)
@@ -401,7 +462,35 @@ def _export_members(runs: list[tuple[str, Path]]) -> tuple[list[ExportMember], l
         if chunk_steps is None or mode == "short":
             chunk_steps = config.data.chunk_steps
         exported.append(ExportMember(name, mode, steps, model, source=str(Path(run).resolve())))
-    return exported, tags, params, chunk_steps
+        data_roots[name] = config.data.root
+    return exported, tags, params, chunk_steps, data_roots
+
+
+def training_data_of(root: str | os.PathLike | None) -> dict:
+    """What a data root holds, for a bundle's `training_data`: {"kind": "synthetic", "root", "corpus": settings}
+    when `moodtag synth` wrote it (its settings file is there), else {"kind": "unknown", "root"}."""
+    from .synth.corpus import SETTINGS_FILE
+
+    if root is None:
+        return {"kind": "unknown", "root": None}
+    settings = Path(root) / SETTINGS_FILE
+    if not settings.is_file():
+        return {"kind": "unknown", "root": str(root)}
+    try:
+        corpus = json.loads(settings.read_text(encoding="utf-8"))
+    except ValueError:
+        corpus = {}  # the file alone marks a synthetic corpus; its settings are only a description
+    return {"kind": "synthetic", "root": str(root), "corpus": corpus}
+
+
+def _training_data(data_roots: dict[str, str | None]) -> dict:
+    """One record when every member learnt from the same root; else one per member, synthetic if any was."""
+    records = {name: training_data_of(root) for name, root in data_roots.items()}
+    distinct = {json.dumps(record, sort_keys=True) for record in records.values()}
+    if len(distinct) == 1:
+        return next(iter(records.values()))
+    synthetic = any(record["kind"] == "synthetic" for record in records.values())
+    return {"kind": "synthetic" if synthetic else "unknown", "members": records}
 
 
 def _run_feature_params(run: Path) -> FeatureParams:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -42,6 +43,8 @@ from .data.datasets import chunk_count, crop
 from .errors import AudioError, MoodtagError
 from .features import TrackFeatures, compute_features
 from .streaming import file_features
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TOP_K = 5
 # A track in flight when a worker process died this many times is reported as failed.
@@ -125,18 +128,27 @@ def window_seconds(windows: Sequence[tuple[int, int]], duration: float, step_sec
 class Tagger:
     """A loaded bundle, ready to tag files, arrays or whole libraries (the model is loaded once)."""
 
-    def __init__(self, bundle: Bundle, *, backend: str = "auto", top_k: int = DEFAULT_TOP_K):
-        """backend: "torch", "onnx", or "auto" (ONNX when the bundle was exported with --onnx, else PyTorch)."""
+    def __init__(self, bundle: Bundle, *, backend: str = "auto", top_k: int = DEFAULT_TOP_K, device: str = "cpu"):
+        """backend: "torch", "onnx", or "auto" (ONNX when the bundle was exported with --onnx, else PyTorch).
+        device: where the model runs, "cpu", "cuda" or "cuda:N" (decoding and features stay on the CPU)."""
         if top_k < 0:
             raise MoodtagError(f"top_k must be 0 or more, got {top_k}")
         self.bundle = bundle
-        self.runners: list[MemberRunner] = bundle.runners(backend)
+        self.runners: list[MemberRunner] = bundle.runners(backend, device)
         self.top_k = top_k
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, backend: str = "auto", top_k: int = DEFAULT_TOP_K) -> "Tagger":
-        """Load a bundle written by `moodtag export` (checks its feature hash and version)."""
-        return cls(load_bundle(path), backend=backend, top_k=top_k)
+    def load(cls, path: str | os.PathLike, *, backend: str = "auto", top_k: int = DEFAULT_TOP_K,
+             device: str = "cpu") -> "Tagger":
+        """Load a bundle written by `moodtag export` (checks its feature hash and version).
+
+        Logs one warning when the bundle was trained on the synthetic corpus: its tags then say nothing about
+        real music."""
+        bundle = load_bundle(path)
+        if bundle.synthetic:
+            log.warning("%s was trained on moodtag's synthetic corpus: its %d tags describe generated test music, "
+                        "not real recordings (a real model: docs/tagging.md)", path, len(bundle.tags))
+        return cls(bundle, backend=backend, top_k=top_k, device=device)
 
     @property
     def tags(self) -> list[str]:
