@@ -2,6 +2,7 @@
 cover the tracks exactly once are refused with every offending track named."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -247,3 +248,79 @@ def test_merge_checks_a_store_that_every_shard_wrote_into(audio_folder, tmp_path
     write_split(tmp_path / "good.tsv", good)
     summary = merge([store], store, split=tmp_path / "good.tsv")
     assert summary["tracks"] == 6 and summary["copied"] == 0 and summary["failed"] == {}
+
+
+# --- tagging ------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory) -> Path:
+    from moodtag.bundle import ExportMember, write_bundle
+    from moodtag.features import FeatureParams
+    from moodtag.models import MODEL_PRESETS, MoodCRNN
+
+    torch.manual_seed(5)
+    model = MoodCRNN(MODEL_PRESETS["tiny"], len(TAGS)).eval()
+    return write_bundle(tmp_path_factory.mktemp("bundle") / "model", [ExportMember("model", "short", 80, model)],
+                        tags=TAGS, thresholds=np.full(len(TAGS), 0.5), feature_params=FeatureParams(), chunk_steps=80)
+
+
+def tag_shards(folder: Path, bundle: Path, out: Path, count: int, fmt: str = "jsonl") -> list[Path]:
+    parts = [out / f"part-{i}.{fmt}" for i in range(count)]
+    for i, part in enumerate(parts):
+        moodtag(["tag", str(folder), "--model", str(bundle), "--output", str(part), "--shard", f"{i}/{count}",
+                 "--workers", "0", "-q"])
+    return parts
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_tag_shards_merge_into_the_unsharded_output(audio_folder, tiny_bundle, tmp_path, fmt):
+    whole = tmp_path / f"whole.{fmt}"
+    assert moodtag(["tag", str(audio_folder), "--model", str(tiny_bundle), "--output", str(whole), "--timeline",
+                    "--workers", "0", "-q"]) == 1  # broken.wav fails
+    parts = [tmp_path / f"part-{i}.{fmt}" for i in range(3)]
+    for i, part in enumerate(parts):
+        moodtag(["tag", str(audio_folder), "--model", str(tiny_bundle), "--output", str(part), "--timeline",
+                 "--shard", f"{i}/3", "--workers", "0", "-q"])
+    sizes = [len(part.read_text().splitlines()) for part in parts]
+    assert all(sizes) and max(sizes) < len(whole.read_text().splitlines())  # each shard tagged only its part
+    merged = tmp_path / f"merged.{fmt}"
+    assert moodtag(["merge", *map(str, reversed(parts)), "--out", str(merged), "-q"]) == 0
+    # Every track once, in the unsharded run's order, with the same numbers; the failure listed once.
+    assert merged.read_text() == whole.read_text()
+    assert (tmp_path / f"merged.{fmt}.failures.tsv").read_text() == (tmp_path / f"whole.{fmt}.failures.tsv").read_text()
+
+
+def test_tag_merge_names_duplicates_missing_tracks_and_other_inputs(audio_folder, tiny_bundle, tmp_path, capsys):
+    parts = tag_shards(audio_folder, tiny_bundle, tmp_path, 2)
+    out = tmp_path / "merged.jsonl"
+    with pytest.raises(MergeError) as caught:
+        merge([*parts, parts[0]], out)
+    assert set(caught.value.duplicates) == {line.split('"')[3] for line in parts[0].read_text().splitlines()} | {
+        track for track in json.loads(Path(f"{parts[0]}.shard.json").read_text())["failed"]}
+    assert "shard 0/2 given twice" in str(caught.value)
+    # A record lost from a part (the run's output edited or cut): the track is named, with its shard.
+    lines = parts[1].read_text().splitlines(keepends=True)
+    lost = json.loads(lines[0])["path"]
+    parts[1].write_text("".join(lines[1:]))
+    assert moodtag(["merge", *map(str, parts), "--out", str(out)]) == 2
+    assert f"tracks of the shards' inputs in no part: {lost} (shard 1/2)" in capsys.readouterr().err
+    assert not out.exists()
+    # Shards tagged from different inputs cannot be checked against each other.
+    other = tag_shards(audio_folder / "sub", tiny_bundle, tmp_path / "sub", 2)
+    with pytest.raises(MergeError, match="tagged from different inputs"):
+        merge([parts[0], other[1]], out)
+
+
+def test_tag_shard_auto_reads_slurm_and_needs_an_output(audio_folder, tiny_bundle, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    for name in ("RANK", "WORLD_SIZE", "SLURM_ARRAY_TASK_MIN"):
+        monkeypatch.delenv(name, raising=False)
+    part = tmp_path / "auto.jsonl"
+    moodtag(["tag", str(audio_folder), "--model", str(tiny_bundle), "--output", str(part), "--shard", "auto",
+             "--workers", "0", "-q"])
+    assert json.loads(Path(f"{part}.shard.json").read_text())["shard"] == [1, 2]
+    capsys.readouterr()
+    assert moodtag(["tag", str(audio_folder), "--model", str(tiny_bundle), "--shard", "0/2", "-q"]) == 2
+    assert capsys.readouterr().err.strip() == "moodtag: error: --shard needs --output FILE: `moodtag merge` joins " \
+                                              "the shards' output files"

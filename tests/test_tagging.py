@@ -261,3 +261,21 @@ def test_worker_processes_give_the_same_results_in_order(ensemble, salted):
     assert errors == [str(folder / "empty.mp3"), str(folder / "text.mp3")]
     with pytest.raises(AudioError, match="empty file"):
         list(tagger.tag_many([str(folder / "empty.mp3")]))
+
+
+def test_device_cpu_tags_and_cuda_without_a_gpu_is_one_clear_error(ensemble, tmp_path, capsys):
+    write_audio(tmp_path / "a.wav", tone(11.0))
+    args = ["tag", str(tmp_path / "a.wav"), "--model", str(ensemble), "--workers", "0", "-q"]
+    assert main(args + ["--device", "cpu"]) == 0
+    on_cpu = json.loads(capsys.readouterr().out)
+    expected = Tagger.load(ensemble, device="cpu").tag(tmp_path / "a.wav")
+    assert on_cpu["probabilities"] == pytest.approx(expected.probabilities, rel=1e-5)  # written with 6 digits
+    assert main(args + ["--device", "gpu0"]) == 2
+    assert capsys.readouterr().err == "moodtag: error: unknown device 'gpu0'; choose cpu, cuda or cuda:N\n"
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible: the error for a missing one cannot be shown here")
+    for backend in ("auto", "torch"):
+        assert main(args + ["--device", "cuda", "--backend", backend]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.count("\n") == 1 and "Traceback" not in captured.err
+        assert captured.err.startswith("moodtag: error: device cuda: PyTorch sees no CUDA GPU")

@@ -6,6 +6,8 @@ A cluster runs a stage as N independent shards (`--shard i/N`); `merge` joins wh
     merge(["store-0/", "store-1/"], "store/", split="all.tsv")
 
 Parts are either
+  * tag outputs (JSON Lines or CSV) of `moodtag tag --shard i/N --output FILE`, each with its manifest
+    FILE.shard.json (the shard, a digest of all inputs, the shard's inputs with their positions, the failed ones);
   * row files (.npz): `track_ids` (n,) plus arrays with one row per track (`logits`, `probabilities`, ...), and
     optionally `tags` (one per column, equal in every part), `missing` (tracks of the shard that had no features)
     and `shard` ([i, N]). `moodtag predict --shard` writes them with `write_part`; the chunk files of
@@ -14,15 +16,19 @@ Parts are either
 
 Checks, made before anything is written: no track in two parts; with a split TSV, every track of the split in exactly
 one part (as a row, or listed as missing features) and no track outside it; parts that state their shard cover
-0..N-1 once. Any violation raises MergeError listing the tracks (and shards) concerned.
+0..N-1 once; tag outputs: every input of every manifest tagged or failed in exactly one part, and the manifests made
+from the same inputs. Any violation raises MergeError listing the tracks (and shards) concerned.
 
 Output by suffix of `out`: `.npz` (every array, rows merged), `.npy` (the run layout of `moodtag predict`: X.npy
-probabilities, X.logits.npy, X.csv, X.missing.txt), `.csv` (track_id + one column per tag); a folder for stores.
-Without a split, rows keep the order of the parts as given.
+probabilities, X.logits.npy, X.csv, X.missing.txt), `.csv` (track_id + one column per tag); a folder for stores;
+for tag outputs, the parts' format, records in the order of an unsharded run, failures in OUT.failures.tsv.
+Without a split (or manifests), rows keep the order of the parts as given.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 import re
@@ -48,9 +54,9 @@ class MergeError(DataError):
     """Parts that do not cover the tracks exactly once; the attributes hold the full lists."""
 
     def __init__(self, duplicates: dict[str, list[str]], missing: list[str], unexpected: list[str],
-                 shard_problems: list[str], notes: Mapping[str, str] | None = None):
+                 shard_problems: list[str], notes: Mapping[str, str] | None = None, expected_from: str = "the split"):
         self.duplicates, self.missing, self.unexpected = duplicates, missing, unexpected
-        self.shard_problems = shard_problems
+        self.shard_problems, self.expected_from = shard_problems, expected_from
         notes = notes or {}
         problems = []
         if duplicates:
@@ -58,9 +64,9 @@ class MergeError(DataError):
             problems.append(f"{len(duplicates)} tracks in more than one part: {_shown(listed)}")
         if missing:
             listed = [f"{track} ({notes[track]})" if track in notes else track for track in missing]
-            problems.append(f"{len(missing)} tracks of the split in no part: {_shown(listed)}")
+            problems.append(f"{len(missing)} tracks of {expected_from} in no part: {_shown(listed)}")
         if unexpected:
-            problems.append(f"{len(unexpected)} tracks not in the split: {_shown(unexpected)}")
+            problems.append(f"{len(unexpected)} tracks not in {expected_from}: {_shown(unexpected)}")
         problems.extend(shard_problems)
         super().__init__("; ".join(problems))
 
@@ -73,11 +79,13 @@ def _shown(items: Sequence[str]) -> str:
 def check_coverage(
     owners: Mapping[str, Sequence[str]], expected: Sequence[str] | None = None,
     shards: Mapping[str, tuple[int, int] | None] | None = None, notes: Mapping[str, str] | None = None,
+    expected_from: str = "the split", extra_problems: Sequence[str] = (),
 ) -> None:
     """Raise MergeError unless every track has one owning part, the tracks equal `expected` (when given), and the
     parts that state a shard ([i, N]) cover shards 0..N-1 exactly once.
 
     owners: track id -> the parts it was found in (in the order found). notes: why a track may be missing.
+    expected_from: what `expected` lists, for the message. extra_problems: other reasons to refuse the parts.
     """
     duplicates = {track: list(parts) for track, parts in owners.items() if len(parts) > 1}
     missing, unexpected = [], []
@@ -85,9 +93,9 @@ def check_coverage(
         wanted = set(expected)
         missing = [track for track in expected if track not in owners]
         unexpected = [track for track in owners if track not in wanted]
-    shard_problems = _shard_problems(shards or {})
+    shard_problems = _shard_problems(shards or {}) + list(extra_problems)
     if duplicates or missing or unexpected or shard_problems:
-        raise MergeError(duplicates, missing, unexpected, shard_problems, notes)
+        raise MergeError(duplicates, missing, unexpected, shard_problems, notes, expected_from)
 
 
 def _shard_problems(shards: Mapping[str, tuple[int, int] | None]) -> list[str]:
@@ -317,6 +325,116 @@ def _place(store, target, track_id: str) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Tag outputs: `moodtag tag --shard i/N --output FILE` writes FILE and its manifest FILE.shard.json
+
+MANIFEST_SUFFIX = ".shard.json"
+
+
+def shard_inputs(paths: Sequence[str], failures: Sequence[tuple[str, str]],
+                 shard: tuple[int, int]) -> tuple[list[str], list[tuple[str, str]], dict]:
+    """The part of a `moodtag tag` run's inputs that shard (i, N) tags: its audio paths, its unusable inputs, and
+    the manifest that describes it (`write_shard_manifest`).
+
+    Inputs go to shards by `moodtag.extract.shard_of` of the path as discovered (the stable hash of
+    `extract --shard`), so N runs given the same inputs from the same directory cover each input exactly once.
+    """
+    from .extract import shard_of
+
+    index, count = shard
+    entries = [*paths, *(name for name, _ in failures)]
+    mine = [(position, entry) for position, entry in enumerate(entries) if shard_of(entry, count) == index]
+    kept = {entry for _, entry in mine}
+    manifest = {"shard": [index, count], "inputs": len(entries), "inputs_sha1": _digest(entries), "tracks": mine}
+    return ([path for path in paths if path in kept], [(name, why) for name, why in failures if name in kept],
+            manifest)
+
+
+def write_shard_manifest(output: str | os.PathLike, manifest: dict, failed: Sequence[tuple[str, str]]) -> Path:
+    """Write `output`'s manifest: its shard, the digest of all inputs, its inputs with their positions among all
+    inputs, and those that failed with the reason."""
+    from .atomic import atomic_write_text
+
+    path = Path(f"{output}{MANIFEST_SUFFIX}")
+    atomic_write_text(path, json.dumps({**manifest, "failed": dict(failed)}, ensure_ascii=False) + "\n")
+    return path
+
+
+def merge_tag_outputs(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict:
+    """Join `moodtag tag` outputs (JSON Lines or CSV) into `out` (the same format), each track exactly once.
+
+    With every part's manifest, every input of every shard must be in its part, tagged or failed, the shards must
+    cover 0..N-1 once and come from the same inputs; records then follow the order of an unsharded run and the
+    failures go to OUT.failures.tsv. Returns a summary: tracks, failed (track -> reason).
+    """
+    from .writers import format_for, read_blocks, write_failures
+
+    names = [str(part) for part in parts]
+    loaded = [read_blocks(part) for part in parts]
+    headers = {header for header, _ in loaded}
+    if len(headers) > 1 or format_for(out, None) != format_for(parts[0], None):
+        raise DataError(f"{out}: parts and output must share a format and columns (same model, same --timeline)")
+    manifests = [_read_manifest(part) for part in names]
+    owners: dict[str, list[str]] = defaultdict(list)
+    failed: dict[str, str] = {}
+    for part, (_, blocks), manifest in zip(names, loaded, manifests):
+        for track, _ in blocks:
+            owners[track].append(part)
+        for track, reason in (manifest or {}).get("failed", {}).items():
+            owners[track].append(f"{part} (failed)")
+            failed[track] = reason
+    complete = all(manifests)
+    position = {track: pos for m in manifests if m for pos, track in m["tracks"]}
+    notes = {track: f"shard {m['shard'][0]}/{m['shard'][1]}" for m in manifests if m for _, track in m["tracks"]}
+    check_coverage(owners, list(position) if complete else None, _stated_shards(names, manifests), notes,
+                   "the shards' inputs", _input_problems(names, manifests) if complete else [])
+    blocks = [block for _, part_blocks in loaded for block in part_blocks]
+    if complete:
+        blocks.sort(key=lambda block: position[block[0]])
+    _save(Path(out), lambda f: f.write((headers.pop() + "".join(text for _, text in blocks)).encode("utf-8")))
+    if failed:
+        write_failures(f"{out}.failures.tsv", sorted(failed.items(), key=lambda item: position.get(item[0], 0)))
+    return {"tracks": len(blocks), "failed": failed, "checked": complete}
+
+
+def _read_manifest(part: str) -> dict | None:
+    path = Path(f"{part}{MANIFEST_SUFFIX}")
+    if not path.is_file():
+        log.warning("%s: no shard manifest (%s); only duplicates can be checked", part, path.name)
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest["tracks"] = [(int(pos), str(track)) for pos, track in manifest["tracks"]]
+        manifest["shard"] = [int(value) for value in manifest["shard"]]
+    except (ValueError, KeyError, TypeError) as err:
+        raise DataError(f"{path}: unreadable shard manifest ({type(err).__name__}: {err})") from None
+    return manifest
+
+
+def _stated_shards(names: Sequence[str], manifests: Sequence[dict | None]) -> dict[str, tuple[int, int] | None]:
+    """Part -> its shard; a part given twice is keyed twice (with a suffix), so the shard check sees both."""
+    shards: dict[str, tuple[int, int] | None] = {}
+    for number, (part, manifest) in enumerate(zip(names, manifests)):
+        key = part if part not in shards else f"{part} (again, argument {number + 1})"
+        shards[key] = tuple(manifest["shard"]) if manifest else None
+    return shards
+
+
+def _input_problems(names: Sequence[str], manifests: Sequence[dict]) -> list[str]:
+    """The shards must have been given the same inputs (same count and digest), or coverage means nothing."""
+    seen = defaultdict(list)
+    for part, manifest in zip(names, manifests):
+        seen[(manifest["inputs"], manifest["inputs_sha1"])].append(part)
+    if len(seen) < 2:
+        return []
+    listed = "; ".join(f"{', '.join(parts)}: {count} inputs" for (count, _), parts in seen.items())
+    return [f"parts were tagged from different inputs (run every shard with the same paths): {listed}"]
+
+
+def _digest(entries: Sequence[str]) -> str:
+    return hashlib.sha1("\n".join(entries).encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------------
 
 
 def merge(parts: Sequence[str | os.PathLike], out: str | os.PathLike, *,
@@ -334,6 +452,14 @@ def merge(parts: Sequence[str | os.PathLike], out: str | os.PathLike, *,
         return {"kind": "stores", **merge_stores(parts, out, expected=expected)}
     if any(folders):
         raise DataError("parts mix folders (feature stores) and files (row files); merge one kind at a time")
+    row_files = [part.suffix == ".npz" for part in parts]
+    if not any(row_files):
+        if split is not None:
+            raise DataError("--split is for predictions and stores; tag outputs are checked against their shard "
+                            f"manifests (FILE{MANIFEST_SUFFIX})")
+        return {"kind": "tags", **merge_tag_outputs(parts, out)}
+    if not all(row_files):
+        raise DataError("parts mix row files (.npz) and tag outputs (.jsonl, .csv); merge one kind at a time")
     merged = merge_rows(parts, expected=expected)
     written = write_rows(merged, out)
     return {"kind": "rows", "tracks": len(merged.track_ids), "missing": merged.missing, "written": written}

@@ -173,6 +173,24 @@ def read_records(path: str | os.PathLike, fmt: str) -> list[dict]:
     return [_csv_record(row) for row in rows if row.get("segment", "track") == "track"]
 
 
+def read_blocks(path: str | os.PathLike) -> tuple[str, list[tuple[str, str]]]:
+    """The header and the complete records, as (track path, text), of a JSON Lines or CSV output file in file order
+    (its format from its extension, as `format_for`); `moodtag merge` joins shard outputs with them."""
+    path = Path(path)
+    fmt = format_for(path, None)
+    if fmt not in RESUMABLE_FORMATS:
+        raise DataError(f"{path}: a table cannot be read back; write JSON Lines or CSV (.jsonl or .csv)")
+    tags, timeline = [], False
+    if fmt == "csv":
+        with open(path, encoding="utf-8", newline="") as f:
+            columns = next(csv.reader(f), [])
+        if "top_k" not in columns:
+            raise DataError(f"{path}: not a `moodtag tag` CSV output (no top_k column)")
+        tags, timeline = columns[columns.index("top_k") + 1:], "segment" in columns
+    formatter = Formatter(fmt, tags, timeline=timeline)
+    return formatter.header(), _blocks(path, formatter)
+
+
 def _prepare_resume(output: Path, partial: Path, formatter: Formatter) -> set[str]:
     """Leave FILE.partial holding every complete record of FILE.partial and FILE once; return their paths."""
     blocks = _blocks(partial, formatter) if partial.exists() else []

@@ -4,8 +4,12 @@ Output: JSON Lines (default when stdout is not a terminal, or for --output FILE 
 table (default on a terminal). With --output the file appears only when the run completes (records collect in
 FILE.partial meanwhile); --resume continues a killed or earlier run without tagging any track twice.
 
+With --shard i/N (or auto, as `moodtag extract --shard`) only the inputs whose path hashes to shard i are tagged, and
+FILE.shard.json records them; `moodtag merge` joins the N outputs, checking that every input is there exactly once.
+
 Exit status: 0 when every input was tagged (or already in the output with --resume), 1 when some inputs failed
-(each reported on stderr and listed in the failures file), 2 when nothing could start (bad model, bad options).
+(each reported on stderr and listed in the failures file), 2 when nothing could start (bad model, bad options, a
+device that is not there).
 """
 from __future__ import annotations
 
@@ -35,23 +39,52 @@ def register(subparsers) -> None:
                         help="write failed inputs as 'path<TAB>reason' (default: FILE.failures.tsv beside --output)")
     parser.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
                         help="run the model with PyTorch or onnxruntime; auto: onnxruntime when the bundle was "
-                             "exported with --onnx (faster on CPU), else PyTorch (default: auto)")
+                             "exported with --onnx and onnxruntime runs on --device, else PyTorch (default: auto)")
+    parser.add_argument("--device", default="cpu", metavar="DEVICE",
+                        help="where the model runs: cpu, cuda or cuda:N (PyTorch on the GPU, or onnxruntime's CUDA "
+                             "provider when installed); decoding and features stay on the CPU (default: cpu)")
+    parser.add_argument("--shard", metavar="I/N",
+                        help="tag only shard I of N (stable hash of each path, as `moodtag extract --shard`), e.g. "
+                             "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT, or 'auto' (RANK/WORLD_SIZE or SLURM's "
+                             "variables); needs --output; join the outputs with `moodtag merge`")
 
 
 def run(args) -> int:
-    from tqdm import tqdm
-
     from ..errors import ConfigError
+    from ..extract import parse_shard
+    from ..merge import shard_inputs, write_shard_manifest
     from ..tagging import Tagger, find_audio
-    from ..writers import Formatter, ResultWriter, format_for, terminal_width, write_failures
+    from ..writers import write_failures
 
     if args.workers < 0 or args.top_k < 0:
         raise ConfigError("--workers and --top-k must be 0 or more")
-    fmt = format_for(args.output, args.format)
-    tagger = Tagger.load(args.model, backend=args.backend, top_k=args.top_k)
+    shard = parse_shard(args.shard) if args.shard is not None else None
+    if shard is not None and args.output is None:
+        raise ConfigError("--shard needs --output FILE: `moodtag merge` joins the shards' output files")
+    tagger = Tagger.load(args.model, backend=args.backend, top_k=args.top_k, device=args.device)
     paths, failures = find_audio(args.inputs)
+    if shard is not None:
+        paths, failures, manifest = shard_inputs(paths, failures, shard)
     for path, reason in failures:
         print(f"moodtag: {path}: {reason}", file=sys.stderr)
+    tagged, skipped = _tag(args, tagger, paths, failures)
+    failures_path = args.failures or (f"{args.output}.failures.tsv" if args.output else None)
+    if failures_path:
+        write_failures(failures_path, failures)
+    if shard is not None:
+        write_shard_manifest(args.output, manifest, failures)
+    print(f"moodtag tag: {tagged} tagged, {skipped} already done, {len(failures)} failed"
+          + (f" (listed in {failures_path})" if failures and failures_path else ""), file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _tag(args, tagger, paths: list[str], failures: list[tuple[str, str]]) -> tuple[int, int]:
+    """Tag the paths not yet in the output, appending what fails to `failures`; (tagged, already done)."""
+    from tqdm import tqdm
+
+    from ..writers import Formatter, ResultWriter, format_for, terminal_width
+
+    fmt = format_for(args.output, args.format)
     formatter = Formatter(fmt, tagger.tags, timeline=args.timeline, width=None if args.output else terminal_width())
     tagged = 0
     with ResultWriter(formatter, args.output, resume=args.resume) as writer:
@@ -67,10 +100,4 @@ def run(args) -> int:
                 writer.write(result.to_dict())
                 tagged += 1
                 bar.update()
-    failures_path = args.failures or (f"{args.output}.failures.tsv" if args.output else None)
-    if failures_path:
-        write_failures(failures_path, failures)
-    skipped = len(paths) - len(todo)
-    print(f"moodtag tag: {tagged} tagged, {skipped} already done, {len(failures)} failed"
-          + (f" (listed in {failures_path})" if failures and failures_path else ""), file=sys.stderr)
-    return 1 if failures else 0
+    return tagged, len(paths) - len(todo)
