@@ -247,9 +247,11 @@ def synthetic_bundle(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
-def test_a_bundle_trained_on_the_synthetic_corpus_says_so_once(synthetic_bundle, tmp_path):
+def test_a_bundle_trained_on_the_synthetic_corpus_says_so_once(synthetic_bundle, tmp_path, capsys):
     import subprocess
     import sys
+
+    from moodtag.cli import main
 
     bundle_dir, corpus = synthetic_bundle
     bundle = load_bundle(bundle_dir)
@@ -261,6 +263,8 @@ def test_a_bundle_trained_on_the_synthetic_corpus_says_so_once(synthetic_bundle,
     warnings = [line for line in done.stderr.splitlines() if SYNTHETIC_WARNING in line]
     assert len(warnings) == 1 and warnings[0].startswith("WARNING ") and "docs/tagging.md" in warnings[0]
     assert json.loads(done.stdout)["path"] == str(track)
+    assert main(["export", bundle.members[0].source, "--out", str(tmp_path / "again"), "-q"]) == 0
+    assert "trained on the synthetic corpus" in capsys.readouterr().out
 
 
 @pytest.mark.slow

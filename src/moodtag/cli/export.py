@@ -23,5 +23,6 @@ def run(args) -> int:
     scores = "  ".join(f"{key} {validation[key]:.4f}" for key in ("roc_auc_macro", "pr_auc_macro", "f1_macro")
                        if validation.get(key) is not None)
     alpha = f", alpha {bundle.alpha:.2f}" if bundle.alpha is not None else ""
-    print(f"moodtag export: {out}: {members}{alpha}; {len(bundle.tags)} tags; validation {scores}")
+    data = "; trained on the synthetic corpus (tags of generated music only)" if bundle.synthetic else ""
+    print(f"moodtag export: {out}: {members}{alpha}; {len(bundle.tags)} tags; validation {scores}{data}")
     return 0
