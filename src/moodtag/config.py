@@ -93,6 +93,9 @@ class TrainConfig:
     lr: float = 1e-4
     seed: int = 0
     precision: Precision = "32"
+    # Intra-op CPU threads for training and prediction (null: torch's default, one per core). A fixed count makes
+    # results independent of the machine's cores and OMP_NUM_THREADS (moodtag.numerics).
+    num_threads: int | None = None
     channels_last: bool = False
     # torch deterministic algorithms (bitwise-repeatable runs); some GPU kernels have no deterministic version.
     deterministic: bool = True
@@ -166,6 +169,7 @@ class RunConfig:
             ("train.patience", self.train.patience >= 0, "must be 0 or more"),
             ("train.lr", self.train.lr > 0, "must be positive"),
             ("train.num_nodes", self.train.num_nodes > 0, "must be positive"),
+            ("train.num_threads", self.train.num_threads is None or self.train.num_threads > 0, "must be positive or null"),
         ]
         if self.student is not None:
             positive, negative = self.student.positive_threshold, self.student.negative_threshold

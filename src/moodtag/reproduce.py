@@ -10,52 +10,36 @@ each row lives at `<out>/runs/<row>`; the steps are
        taught by round k-1 (round k > 1 runs at <out>/runs/<row>-iter<k>; the row reports the last round)
     -> the ensemble of two rows (the paper's: short-hpcp and long-hpcp-noisy, alpha searched on validation).
 
-Each step is skipped when its output exists, so a rerun does no work and a killed run resumes. Every row is then
-scored on the test split twice: with oracle thresholds (each tag's best F-score on test, as MediaEval and the paper
-did) and with thresholds tuned on validation (what a deployed tagger can do). `results.json` / `results.md` hold the
-columns of Table 1 (ROC-AUC, PR-AUC, F-score) and Table 2 (average TPR and TNR), with the paper's values beside ours
-for the paper's configs.
+Each step is skipped when its output exists, so a rerun does no work and a killed run resumes. Rows run in worker
+processes, up to `jobs` at once, each as soon as the rows it depends on are done; a row's numbers do not depend on
+`jobs` (moodtag.numerics). Every row is then scored on the test split with 95 % bootstrap intervals, and the paper's
+claims are checked with paired intervals (moodtag.results); `results.json` / `results.md` and the report hold them.
+
+`seeds=[0, 1, 2]` repeats everything per training seed under `<out>/seed-<N>/` (the corpus stays the same) and
+writes the mean ± sd of every row and the claims over all seeds to `<out>/results.{json,md}`.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
-import math
+import multiprocessing
 import os
+import sys
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 from . import ensemble as ens
-from . import evaluate as evaluation
 from .atomic import atomic_write_text
 from .config import RunConfig, load_config
 from .errors import ConfigError, DataError, MoodtagError
+from .numerics import pin_cpu_kernels
+from .results import EVALUATED_SPLITS, Results, SeedResults, measure_claims, paper_claims, score_rows, write_json
 
 log = logging.getLogger(__name__)
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
-
-# Table 1 and Table 2 of the paper (test set of MTG-Jamendo split 0). The paper prints its Table 2 short-model row as
-# "short-normal", but those are the numbers of the released short-hpcp predictions (shared reference README), so
-# they sit with short-hpcp here.
-PAPER_RESULTS = {
-    "baseline": {"roc_auc_macro": 0.7258, "pr_auc_macro": 0.1077, "f1_macro": 0.1656},
-    "long-normal": {"roc_auc_macro": 0.7256, "pr_auc_macro": 0.1024, "f1_macro": 0.1578},
-    "long-hpcp": {"roc_auc_macro": 0.7587, "pr_auc_macro": 0.1220, "f1_macro": 0.1854},
-    "long-hpcp-noisy": {"roc_auc_macro": 0.7614, "pr_auc_macro": 0.1235, "f1_macro": 0.1833, "avg_tpr": 0.3645, "avg_tnr": 0.8851},
-    "short-normal": {"roc_auc_macro": 0.7477, "pr_auc_macro": 0.1234, "f1_macro": 0.1855},
-    "short-hpcp": {"roc_auc_macro": 0.7541, "pr_auc_macro": 0.1275, "f1_macro": 0.1864, "avg_tpr": 0.3842, "avg_tnr": 0.8737},
-    "short-hpcp-noisy": {"roc_auc_macro": 0.7488, "pr_auc_macro": 0.1226, "f1_macro": 0.1804},
-    "ensemble": {"roc_auc_macro": 0.7687, "pr_auc_macro": 0.1356, "f1_macro": 0.1978, "avg_tpr": 0.4099, "avg_tnr": 0.8671},
-}
-# The paper's row order; rows of other names follow in their own order.
-PAPER_ORDER = list(PAPER_RESULTS)
-TABLE_METRICS = (("roc_auc_macro", "ROC-AUC"), ("pr_auc_macro", "PR-AUC"), ("f1_macro", "F-score"),
-                 ("avg_tpr", "avg TPR"), ("avg_tnr", "avg TNR"))
-EVALUATED_SPLITS = ("validation", "test")
 
 
 @dataclasses.dataclass
@@ -79,75 +63,10 @@ class Row:
     config: RunConfig | None = None
     depends: tuple[str, ...] = ()
 
-
-@dataclasses.dataclass
-class RowResult:
-    name: str
-    kind: str
-    run_dir: Path
-    oracle: dict  # test metrics, per-tag thresholds that are best on test (the paper's protocol)
-    tuned: dict  # test metrics, thresholds tuned on validation
-    validation: dict  # ranking metrics on validation
-    per_tag_pr_auc: dict[str, float]
-    paper: dict | None
-
-    def to_dict(self) -> dict:
-        values = dataclasses.asdict(self)
-        values["run_dir"] = str(self.run_dir)
-        return values
-
-
-@dataclasses.dataclass
-class TestScores:
-    """Every row's test probabilities next to the labels, for the report's curves."""
-
-    tags: list[str]
-    labels: np.ndarray
-    scores: dict[str, np.ndarray]
-
-
-@dataclasses.dataclass
-class Results:
-    """Every row's scores, and which steps did work in this invocation (none on a finished rerun)."""
-
-    config_dir: Path
-    out_dir: Path
-    rows: list[RowResult]
-    steps_run: list[str]
-    alpha: dict | None = None
-    test: TestScores | None = dataclasses.field(default=None, repr=False)
-    failures: dict[str, str] = dataclasses.field(default_factory=dict)
-
-    def row(self, name: str) -> RowResult:
-        return next(r for r in self.rows if r.name == name)
-
-    def to_dict(self) -> dict:
-        return {
-            "config_dir": str(self.config_dir),
-            "rows": [r.to_dict() for r in self.rows],
-            "alpha": self.alpha,
-            "failures": self.failures,
-        }
-
-    def table(self, *, thresholds: str = "oracle", paper: bool = True) -> str:
-        """Markdown table of Table 1 + 2 columns; `thresholds` is "oracle" or "tuned"; paper values in parentheses."""
-        header = "| model | " + " | ".join(title for _, title in TABLE_METRICS) + " |"
-        lines = [header, "|---" * (len(TABLE_METRICS) + 1) + "|"]
-        for row in self.rows:
-            metrics = getattr(row, thresholds)
-            cells = []
-            for key, _ in TABLE_METRICS:
-                cell = _number(metrics.get(key))
-                if paper and row.paper and key in row.paper:
-                    cell += f" ({row.paper[key]:.4f})"
-                cells.append(cell)
-            lines.append(f"| {row.name} | " + " | ".join(cells) + " |")
-        return "\n".join(lines)
-
-
-def _number(value) -> str:
-    return "–" if value is None or not math.isfinite(value) else f"{value:.4f}"
-
+    @property
+    def dependency_dirs(self) -> list[Path]:
+        """Run directories of the rows this one needs: siblings of its own."""
+        return [self.run_dir.with_name(name) for name in self.depends]
 
 # ---------------------------------------------------------------------------------------------------------------
 # Planning
@@ -219,6 +138,7 @@ def _dependency_order(rows: dict[str, Row]) -> list[Row]:
     return ordered
 
 
+
 # ---------------------------------------------------------------------------------------------------------------
 # Running the steps
 
@@ -230,42 +150,121 @@ def reproduce(
     out_dir: str | os.PathLike = "reproduce",
     overrides: Sequence[str] = (),
     ensemble: EnsembleSpec | None = EnsembleSpec(),
+    seeds: Sequence[int] | None = None,
+    jobs: int = 1,
     quiet: bool = False,
-) -> Results:
-    """Run every row of `config_dir` that is not finished yet, evaluate all rows, write results and the report."""
+) -> Results | SeedResults:
+    """Run every row of `config_dir` that is not finished yet, evaluate all rows, write results and the report.
+
+    seeds: training seeds (`train.seed`) to repeat the whole table with, each under <out>/seed-<N>; returns
+    SeedResults then, else Results. jobs: rows trained at once, each in its own worker process.
+    """
     config_dir = resolve_config_dir(config_dir)
     out_dir = Path(out_dir).resolve()
-    rows = plan_rows(config_dir, out_dir, data_root=data_root, overrides=overrides, ensemble=ensemble)
-    steps_run: list[str] = []
-    failures: dict[str, str] = {}
-    for row in rows:
-        blocked = [name for name in row.depends if name in failures]
+    if jobs < 1:
+        raise ConfigError(f"jobs must be at least 1, got {jobs}")
+    plan_dirs = {None: out_dir} if seeds is None else {seed: out_dir / f"seed-{seed}" for seed in seeds}
+    plans = {
+        seed: plan_rows(config_dir, folder, data_root=data_root, ensemble=ensemble,
+                        overrides=[*overrides] + ([] if seed is None else [f"train.seed={seed}"]))
+        for seed, folder in plan_dirs.items()
+    }
+    steps, failures = run_rows([row for rows in plans.values() for row in rows], ensemble, jobs=jobs, quiet=quiet)
+    paper = config_dir.name == "paper"
+    per_seed = {seed: _score_and_write(config_dir, plan_dirs[seed], rows, steps, failures, ensemble, seed, paper)
+                for seed, rows in plans.items()}
+    if seeds is None:
+        return per_seed[None]
+    members = next(iter(per_seed.values())).ensemble_members
+    summary = SeedResults(config_dir, out_dir, per_seed, measure_claims(list(per_seed.values()), paper_claims(members)))
+    from .report import seeds_markdown
+
+    write_json(out_dir / "results.json", summary.to_dict())
+    atomic_write_text(out_dir / "results.md", seeds_markdown(summary))
+    return summary
+
+
+def run_rows(rows: list[Row], spec: EnsembleSpec | None, *, jobs: int = 1, quiet: bool = False):
+    """Run `rows` (in dependency order), each once the rows it depends on are done, up to `jobs` at a time.
+
+    Teachers and students run in worker processes started with the pinned CPU kernels (moodtag.numerics), so their
+    numbers are the same whatever `jobs` is and whatever this process loaded before; ensembles (numpy only) run here.
+    Returns ({run_dir: steps that did work}, {run_dir: why the row failed}); one row's failure stops only its dependants.
+    """
+    pin_cpu_kernels()
+    done: dict[Path, list[str]] = {}
+    failures: dict[Path, str] = {}
+    pending, running = list(rows), {}
+    by_dir = {row.run_dir: row for row in rows}
+    # With several rows at once, each gets its share of the cores unless its config fixes train.num_threads.
+    threads = None if jobs == 1 else max(1, (os.cpu_count() or 1) // jobs)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
+                             initargs=(logging.getLogger().getEffectiveLevel(), threads)) as pool:
+        while pending or running:
+            for row in _ready(pending, done, failures):
+                pending.remove(row)
+                if row.kind == "ensemble":
+                    _record(row, _guarded(_run_ensemble, row, spec), done, failures)
+                elif len(running) < jobs:
+                    teacher = by_dir[row.dependency_dirs[0]] if row.kind == "student" else None
+                    running[pool.submit(_run_in_worker, row, teacher, quiet or jobs > 1)] = row
+                    log.info("reproduce: %s (%s) started", row.name, row.kind)
+                else:
+                    pending.insert(0, row)
+                    break
+            if running:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    _record(running.pop(future), future.result(), done, failures)
+    return done, failures
+
+
+def _ready(pending: list[Row], done: dict, failures: dict) -> list[Row]:
+    """Pending rows whose dependencies are all done; rows depending on a failed one are failed here, not run."""
+    ready = []
+    for row in list(pending):
+        blocked = [path.name for path in row.dependency_dirs if path in failures]
         if blocked:
-            failures[row.name] = f"not run because {', '.join(blocked)} failed"
-            continue
-        log.info("reproduce: %s (%s)", row.name, row.kind)
-        try:
-            steps_run += _run_row(row, {r.name: r for r in rows}, ensemble, quiet)
-        except MoodtagError as err:
-            # One row's bad data or config must not cost the rows that do not depend on it.
-            log.error("%s: %s", row.name, err)
-            failures[row.name] = str(err)
-    finished = [row for row in rows if row.name not in failures]
-    if not any(row.kind == "teacher" for row in finished):
-        raise DataError(f"{config_dir}: no teacher row finished: " + "; ".join(f"{k}: {v}" for k, v in failures.items()))
-    results = evaluate_rows(finished, config_dir, out_dir, steps_run, paper=config_dir.name == "paper")
-    results.failures = failures
-    write_results(results)
-    _write_report(results, finished)
-    return results
+            pending.remove(row)
+            failures[row.run_dir] = f"not run because {', '.join(blocked)} failed"
+        elif all(path in done for path in row.dependency_dirs):
+            ready.append(row)
+    return ready
 
 
-def _run_row(row: Row, by_name: dict[str, Row], spec: EnsembleSpec | None, quiet: bool) -> list[str]:
+def _record(row: Row, outcome: tuple[str, object], done: dict, failures: dict) -> None:
+    status, value = outcome
+    if status == "ok":
+        done[row.run_dir] = value
+        log.info("reproduce: %s done%s", row.name, "" if value else " (nothing to do)")
+    else:
+        # One row's bad data or config must not cost the rows that do not depend on it.
+        log.error("%s: %s", row.name, value)
+        failures[row.run_dir] = value
+
+
+def _init_worker(level: int, threads: int | None) -> None:
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s", stream=sys.stderr)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _run_in_worker(row: Row, teacher: Row | None, quiet: bool) -> tuple[str, object]:
+    """A teacher or student row in a worker process: ("ok", steps) or ("failed", message)."""
     if row.kind == "teacher":
-        return _train_and_predict(row.config, quiet)
-    if row.kind == "student":
-        return _run_student(row, by_name[row.depends[0]], quiet)
-    return _run_ensemble(row, by_name, spec)
+        return _guarded(_train_and_predict, row.config, quiet)
+    return _guarded(_run_student, row, teacher, quiet)
+
+
+def _guarded(step, *args) -> tuple[str, object]:
+    # Only the message crosses the process boundary: moodtag's errors need not be picklable.
+    try:
+        return "ok", step(*args)
+    except MoodtagError as err:
+        return "failed", str(err)
 
 
 def _completed(run_dir: Path) -> bool:
@@ -291,15 +290,21 @@ def _train_and_predict(config: RunConfig, quiet: bool) -> list[str]:
 
 def _run_student(row: Row, teacher: Row, quiet: bool) -> list[str]:
     """`student.iterations` rounds of pseudo-labelling and training; round k is taught by round k - 1."""
-    from .training.pseudo_label import pseudo_label, student_pool_settings
+    from .training.pseudo_label import pseudo_label
 
     student = row.config.student
+    data = row.config.data
     done: list[str] = []
     rounds = _round_dirs(row)
     for run_dir, teacher_dir in zip(rounds, _teacher_dirs(row, teacher)):
         labels_dir = teacher_dir / "pseudo-labels"
         if not _completed(run_dir):
-            if pseudo_label(teacher_dir, out_dir=labels_dir, quiet=quiet, **student_pool_settings(row.config)).ran:
+            if pseudo_label(
+                teacher_dir, data.path(student.unlabelled_split),
+                store=data.path(student.unlabelled_features or data.features), out_dir=labels_dir,
+                rule=student.threshold_rule, t_pos=student.positive_threshold, t_neg=student.negative_threshold,
+                quiet=quiet,
+            ).ran:
                 done.append(f"pseudo-label {teacher_dir.name}")
         config = dataclasses.replace(
             row.config, name=run_dir.name, run_dir=str(run_dir),
@@ -320,8 +325,8 @@ def _teacher_dirs(row: Row, teacher: Row) -> list[Path]:
     return [teacher.run_dir] + _round_dirs(row)[:-1]
 
 
-def _run_ensemble(row: Row, by_name: dict[str, Row], spec: EnsembleSpec) -> list[str]:
-    short_run, long_run = (by_name[name].run_dir for name in row.depends)
+def _run_ensemble(row: Row, spec: EnsembleSpec) -> list[str]:
+    short_run, long_run = row.dependency_dirs
     if ens.is_finished(row.run_dir):
         return []
     ens.build_ensemble(short_run, long_run, row.run_dir, metric=spec.metric, step=spec.step)
@@ -329,87 +334,26 @@ def _run_ensemble(row: Row, by_name: dict[str, Row], spec: EnsembleSpec) -> list
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Evaluation and output
+# Scoring and output
 
 
-def evaluate_row(row: Row, label_run: Path, *, paper: bool) -> tuple[RowResult, list[str], np.ndarray, np.ndarray]:
-    """Score one row on test (oracle and validation-tuned thresholds); returns the result, tags, labels and scores."""
-    splits = {}
-    for split in EVALUATED_SPLITS:
-        track_ids, tags, scores = ens.read_predictions(row.run_dir, split)
-        splits[split] = (tags, ens.split_labels(label_run, split, track_ids, tags), scores)
-    tags, y_val, s_val = splits["validation"]
-    _, y_test, s_test = splits["test"]
-    tuned_thresholds = evaluation.tune_thresholds(y_val, s_val)
-    per_tag = evaluation.per_tag_metrics(y_test, s_test, thresholds=None, tags=tags)
-    result = RowResult(
-        name=row.name,
-        kind=row.kind,
-        run_dir=row.run_dir,
-        oracle=_summary(evaluation.evaluate(y_test, s_test, thresholds="oracle", tags=tags)),
-        tuned=_summary(evaluation.evaluate(y_test, s_test, thresholds=tuned_thresholds, tags=tags)),
-        validation=_summary(evaluation.evaluate(y_val, s_val, thresholds=None, tags=tags)),
-        per_tag_pr_auc={tag: float(v) for tag, v in zip(tags, per_tag["pr_auc"])},
-        paper=PAPER_RESULTS.get(row.name) if paper else None,
-    )
-    return result, tags, y_test, s_test
+def _score_and_write(config_dir: Path, out_dir: Path, rows: list[Row], steps: dict, failures: dict,
+                     spec: EnsembleSpec | None, seed: int | None, paper: bool) -> Results:
+    """Score the finished rows of one plan, write results.json, results.md and the report."""
+    from .report import results_markdown
 
-
-def _summary(metrics: dict) -> dict:
-    return {key: value for key, value in metrics.items() if key in evaluation.SUMMARY_METRICS or key == "n_tracks"}
-
-
-def evaluate_rows(rows: list[Row], config_dir: Path, out_dir: Path, steps_run: list[str], *, paper: bool) -> Results:
-    """Score every row, in the paper's row order; the labels come from the first teacher's saved config."""
-    label_run = next(row.run_dir for row in rows if row.kind == "teacher")
-    order = {name: i for i, name in enumerate(PAPER_ORDER)}
-    ranked = sorted(rows, key=lambda r: (order.get(r.name, len(order)), rows.index(r)))
-    test: TestScores | None = None
-    results = []
-    for row in ranked:
-        result, tags, labels, scores = evaluate_row(row, label_run, paper=paper)
-        test = test or TestScores(tags, labels, {})
-        test.scores[row.name] = scores
-        results.append(result)
-    alpha = next((json.loads((r.run_dir / "alpha.json").read_text()) for r in rows if r.kind == "ensemble"), None)
-    return Results(config_dir, out_dir, results, steps_run, alpha, test)
-
-
-def results_markdown(results: Results) -> str:
-    lines = [
-        f"# Table 1 and 2 on {results.config_dir.name}",
-        "",
-        "Test split, macro averages over tags. Oracle thresholds (each tag's best F-score on test, the protocol of "
-        "MediaEval and the paper)" + ("; the paper's values in parentheses." if any(r.paper for r in results.rows) else "."),
-        "",
-        results.table(thresholds="oracle"),
-        "",
-        "Thresholds tuned on validation (ROC-AUC and PR-AUC do not depend on thresholds):",
-        "",
-        results.table(thresholds="tuned", paper=False),
-        "",
-    ]
-    if results.alpha:
-        lines.append(f"Ensemble alpha = {results.alpha['alpha']:.2f} (validation {results.alpha['metric']}).")
-    if results.failures:
-        lines += ["", "Rows that did not finish:", ""] + [f"- {name}: {why}" for name, why in results.failures.items()]
-    return "\n".join(lines) + "\n"
-
-
-def write_results(results: Results) -> None:
-    atomic_write_text(results.out_dir / "results.json", json.dumps(_finite(results.to_dict()), indent=2) + "\n")
-    atomic_write_text(results.out_dir / "results.md", results_markdown(results))
-
-
-def _finite(value):
-    """JSON has no NaN: undefined metrics become null."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    finished = [row for row in rows if row.run_dir not in failures]
+    failed = {row.name: failures[row.run_dir] for row in rows if row.run_dir in failures}
+    if not any(row.kind == "teacher" for row in finished):
+        raise DataError(f"{config_dir}: no teacher row finished: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+    members = (spec.short, spec.long) if any(row.kind == "ensemble" for row in finished) else None
+    steps_run = [step for row in rows for step in steps.get(row.run_dir, [])]
+    results = score_rows(finished, config_dir, out_dir, steps_run, paper=paper, ensemble_members=members, seed=seed)
+    results.failures = failed
+    write_json(out_dir / "results.json", results.to_dict())
+    atomic_write_text(out_dir / "results.md", results_markdown(results))
+    _write_report(results, finished)
+    return results
 
 
 def _write_report(results: Results, rows: list[Row]) -> Path:
@@ -423,3 +367,4 @@ def _write_report(results: Results, rows: list[Row]) -> Path:
         results, test_scores=results.test.scores, test_labels=results.test.labels, tags=results.test.tags,
         runs={row.name: row.run_dir for row in rows if row.kind != "ensemble"}, pseudo_labels=pseudo_labels,
     )
+

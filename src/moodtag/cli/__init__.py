@@ -32,6 +32,9 @@ def add_command(subparsers, name: str, *, help: str, run) -> argparse.ArgumentPa
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..numerics import pin_cpu_kernels
+
+    pin_cpu_kernels()  # before any subcommand loads torch
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr

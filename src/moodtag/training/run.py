@@ -38,6 +38,7 @@ from ..data.datasets import unlabelled_tracks
 from ..data.splits import read_split
 from ..errors import ConfigError, DataError
 from ..models import CRNNConfig, MoodCRNN
+from ..numerics import numerics_record, torch_threads
 from ..store import FeatureStore
 from ..predictions import write_predictions
 from .aggregate import track_logits
@@ -109,16 +110,18 @@ def train(
             config.to_dict(), datamodule.tags, config.model.build_config().to_dict(), params.to_dict(),
             params.hpcp_frames_per_mel_step,
         )
-        trainer = _trainer(config, run_dir, quiet, callbacks)
+        precision = resolve_precision(config.train.precision, config.train.accelerator)
+        trainer = _trainer(config, run_dir, precision, quiet, callbacks)
         # Lightning draws its progress bars on stdout, which belongs to results (a command's output, the demo's table).
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.redirect_stdout(sys.stderr), torch_threads(config.train.num_threads):
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            numerics = numerics_record(precision)
     except BaseException as err:
         if global_rank() == 0:
             _update_run_info(run_dir, status="failed", error=f"{type(err).__name__}: {err}")
         raise
     if trainer.is_global_zero:
-        _finish_run_info(run_dir, trainer, module, datamodule, time.time() - started)
+        _finish_run_info(run_dir, trainer, module, datamodule, time.time() - started, numerics)
     return run_dir
 
 
@@ -151,7 +154,9 @@ def _prepare_run_dir(config: RunConfig, run_dir: Path, resume: bool) -> dict:
     return info
 
 
-def _trainer(config: RunConfig, run_dir: Path, quiet: bool, callbacks: Sequence[Callback] = ()) -> L.Trainer:
+def _trainer(
+    config: RunConfig, run_dir: Path, precision: str, quiet: bool, callbacks: Sequence[Callback] = ()
+) -> L.Trainer:
     train = config.train
     best = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor="val_roc_auc", mode="max", save_top_k=1,
@@ -173,7 +178,6 @@ def _trainer(config: RunConfig, run_dir: Path, quiet: bool, callbacks: Sequence[
     # Validation metrics come from predictions gathered from every rank, identical everywhere: nothing to sync.
     warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
     warnings.filterwarnings("ignore", message=r".*all_gather is deprecated.*")  # inside Lightning, not ours
-    precision = resolve_precision(train.precision, train.accelerator)
     return L.Trainer(
         default_root_dir=run_dir, max_epochs=train.max_epochs, accelerator=train.accelerator, devices=train.devices,
         num_nodes=train.num_nodes, strategy=train.strategy, precision=precision, deterministic=train.deterministic,
@@ -202,7 +206,8 @@ def write_metrics_csv(path: Path, history: list[dict]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def _finish_run_info(run_dir: Path, trainer, module: TaggingModule, datamodule: MoodDataModule, seconds: float):
+def _finish_run_info(run_dir: Path, trainer, module: TaggingModule, datamodule: MoodDataModule, seconds: float,
+                     numerics: dict):
     history = module.history
     scores = [row["val_roc_auc"] for row in history]
     best = history[int(np.nanargmax(scores))] if history and not all(math.isnan(s) for s in scores) else None
@@ -213,7 +218,7 @@ def _finish_run_info(run_dir: Path, trainer, module: TaggingModule, datamodule: 
         best={k: best[k] for k in ("val_roc_auc", "val_pr_auc", "val_loss")} if best else None,
         n_train=len(datamodule.train_tracks), n_validation=len(datamodule.val_tracks),
         empty_batches=int(sum(row["empty_batches"] for row in history)),
-        feature_hash=datamodule.store.params.hash, tags=len(datamodule.tags),
+        feature_hash=datamodule.store.params.hash, tags=len(datamodule.tags), numerics=numerics,
     )
 
 
@@ -328,7 +333,7 @@ def predict(
     outputs = []
     from tqdm import tqdm
 
-    with torch.inference_mode():
+    with torch.inference_mode(), torch_threads(config.train.num_threads):
         for batch in tqdm(loader, desc=f"predict {Path(run_dir).name}", unit="batch", disable=not progress):
             batch = {k: v.to(target) for k, v in batch.items()}
             outputs.append(track_logits(model, batch, config.data.eval_max_chunks).float().cpu())
