@@ -1,9 +1,11 @@
-"""End to end: `moodtag demo --preset tiny` runs every stage and prints a Table 1 with finite numbers."""
+"""End to end: `moodtag demo --preset tiny` runs every stage, prints a Table 1 with finite numbers and intervals, and
+writes the same results.json whatever the worker and thread counts."""
 from __future__ import annotations
 
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,9 +14,9 @@ import pytest
 ROWS = ("long-normal", "long-hpcp", "long-hpcp-noisy", "short-normal", "short-hpcp", "short-hpcp-noisy", "ensemble")
 
 
-def _demo(out, env):
-    return subprocess.run([sys.executable, "-m", "moodtag", "demo", "--preset", "tiny", "--out", str(out), "--quiet"],
-                          capture_output=True, text=True, env=env, timeout=900)
+def _demo(out, env, *options):
+    return subprocess.run([sys.executable, "-m", "moodtag", "demo", "--preset", "tiny", "--out", str(out), "--quiet",
+                           *options], capture_output=True, text=True, env=env, timeout=900)
 
 
 def _table_rows(stdout: str) -> dict[str, list[float]]:
@@ -22,7 +24,10 @@ def _table_rows(stdout: str) -> dict[str, list[float]]:
     for line in stdout.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         if cells and cells[0] in ROWS:
-            rows[cells[0]] = [float(cell) for cell in cells[1:]]
+            # "0.6435 [0.512, 0.771]": the value, then its 95 % bootstrap interval.
+            values = [[float(v) for v in cell.replace("[", "").replace("]", "").replace(",", "").split()] for cell in cells[1:]]
+            assert all(low <= value <= high for value, low, high in values), line
+            rows[cells[0]] = [value for value, _, _ in values]
     return rows
 
 
@@ -55,3 +60,14 @@ def test_tiny_demo_prints_every_row_and_reruns_without_work(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert _table_rows(again.stdout) == rows
     assert {path: path.stat().st_mtime_ns for path in trained} == trained
+
+    # The same corpus, trained again one row at a time with two threads to offer: the same results, bit for bit.
+    results = (tmp_path / "demo" / "results.json").read_bytes()
+    for name in ("runs", "report", "model", "results.json", "results.md", "tags.jsonl", "timings.json"):
+        path = tmp_path / "demo" / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    serial = _demo(tmp_path / "demo", {**os.environ, "OMP_NUM_THREADS": "2"}, "--workers", "1")
+    assert serial.returncode == 0, serial.stderr[-3000:]
+    assert (tmp_path / "demo" / "results.json").read_bytes() == results
+    numerics = json.loads((runs / "long-hpcp-noisy" / "run.json").read_text())["numerics"]
+    assert numerics["precision"] == "32" and numerics["threads"] == 1

@@ -11,7 +11,8 @@ from moodtag import ensemble
 from moodtag.data.splits import Split, write_split
 from moodtag.errors import ConfigError, DataError
 from moodtag.features import FeatureParams, TrackFeatures
-from moodtag.reproduce import PAPER_RESULTS, TABLE_METRICS, EnsembleSpec, plan_rows, reproduce, resolve_config_dir
+from moodtag.reproduce import EnsembleSpec, plan_rows, reproduce, resolve_config_dir
+from moodtag.results import PAPER_RESULTS, TABLE_METRICS
 from moodtag.store import FeatureStore
 from moodtag.training.pseudo_label import fixed_thresholds, hard_labels
 

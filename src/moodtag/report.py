@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .atomic import atomic_path, atomic_write_text
+from .results import TABLE_METRICS
 
 if TYPE_CHECKING:
-    from .reproduce import Results
+    from .results import Finding, Results, SeedResults
 
 N_CURVE_TAGS = 4
 
@@ -41,14 +42,17 @@ def _short(tag: str) -> str:
 
 
 def per_tag_pr_auc_figure(results: "Results", path: Path) -> str:
-    """One bar panel per row: test PR-AUC of every tag, tags in the same order in every panel."""
+    """One bar panel per row: test PR-AUC of every tag with its 95 % bootstrap interval, tags in the same order."""
     plt = _pyplot()
     tags = list(results.rows[0].per_tag_pr_auc)
     figure, axes = plt.subplots(len(results.rows), 1, figsize=(max(8, 0.28 * len(tags)), 1.6 * len(results.rows) + 1),
                                 sharex=True, squeeze=False, layout="constrained")
     for ax, row in zip(axes[:, 0], results.rows):
-        values = [row.per_tag_pr_auc.get(tag, math.nan) for tag in tags]
-        ax.bar(range(len(tags)), np.nan_to_num(values), color="tab:blue" if row.kind == "teacher" else "tab:orange")
+        values = np.nan_to_num([row.per_tag_pr_auc.get(tag, math.nan) for tag in tags])
+        bounds = np.nan_to_num([row.per_tag_pr_auc_ci.get(tag, [math.nan, math.nan]) for tag in tags]).reshape(-1, 2)
+        whiskers = np.clip([values - bounds[:, 0], bounds[:, 1] - values], 0, None) if row.per_tag_pr_auc_ci else None
+        ax.bar(range(len(tags)), values, yerr=whiskers, error_kw={"elinewidth": 0.8, "capsize": 1.5},
+               color="tab:blue" if row.kind == "teacher" else "tab:orange")
         ax.set_ylim(0, 1)
         ax.set_ylabel("PR-AUC")
         ax.set_title(f"{row.name}  (macro {row.oracle['pr_auc_macro']:.3f})", fontsize=9, loc="left")
@@ -183,9 +187,6 @@ def write_report(
     `test_scores` maps row name -> (n_test, n_tags) probabilities aligned with `test_labels`; `runs` maps row name ->
     run directory (for metrics.csv); `pseudo_labels` maps student row -> its pseudo-label folder (for counts.tsv).
     """
-    # reproduce imports this module, so its table writer is imported here.
-    from .reproduce import results_markdown
-
     folder = results.out_dir / "report"
     stats = {name: read_counts(p / "counts.tsv") for name, p in pseudo_labels.items() if (p / "counts.tsv").is_file()}
     figures = {
@@ -219,3 +220,124 @@ def _pseudo_label_lines(stats: dict[str, dict]) -> list[str]:
         silent = int(np.sum(counts["positives"] + counts["negatives"] == 0))
         lines.append(f"| {name} | {n_tracks} | " + " | ".join(share) + f" | {silent} |")
     return lines + [""]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Results tables (results.md, the report's opening, what `reproduce` and `demo` print)
+
+
+def _number(value) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:.4f}"
+
+
+def _bounds(pair) -> str:
+    if not pair or any(v is None or not math.isfinite(v) for v in pair):
+        return ""
+    return f" [{pair[0]:.3f}, {pair[1]:.3f}]"
+
+
+def results_table(results: "Results", *, thresholds: str = "oracle", paper: bool = True) -> str:
+    """Markdown table of Table 1 + 2 columns with 95 % bootstrap intervals in brackets; `thresholds` is "oracle" or
+    "tuned"; the paper's values in parentheses."""
+    header = "| model | " + " | ".join(title for _, title in TABLE_METRICS) + " |"
+    lines = [header, "|---" * (len(TABLE_METRICS) + 1) + "|"]
+    for row in results.rows:
+        metrics, intervals = getattr(row, thresholds), getattr(row, f"{thresholds}_ci")
+        cells = []
+        for key, _ in TABLE_METRICS:
+            cell = _number(metrics.get(key)) + _bounds(intervals.get(key))
+            if paper and row.paper and key in row.paper:
+                cell += f" ({row.paper[key]:.4f})"
+            cells.append(cell)
+        lines.append(f"| {row.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def findings_table(findings: list["Finding"]) -> str:
+    """Each claim of the paper on each metric: the measured difference, its paired 95 % interval, the verdict."""
+    seeds = findings[0].seeds if findings else 1
+    lines = ["| claim | metric | difference" + (f" (mean of {seeds} seeds)" if seeds > 1 else "") +
+             " | 95 % interval | paper | holds? |", "|---|---|---|---|---|---|"]
+    for f in findings:
+        metric = dict(TABLE_METRICS)[f.metric]
+        paper = "–" if f.paper_difference is None else f"{f.paper_difference:+.4f}"
+        lines.append(f"| {f.claim} ({f.better} − {f.worse}) | {metric} | {f.difference:+.4f} | "
+                     f"[{f.low:+.4f}, {f.high:+.4f}] | {paper} | {f.verdict} |")
+    return "\n".join(lines)
+
+
+FINDINGS_NOTE = ("Paired bootstrap over test tracks: both rows are scored on the same resamples, and a claim holds "
+                 "when the whole 95 % interval of the difference lies on its side of zero (\"reversed\": on the other "
+                 "side; \"not separated\": the interval contains zero).")
+
+
+def results_markdown(results: "Results") -> str:
+    paper = any(r.paper for r in results.rows)
+    lines = [
+        f"# Table 1 and 2 on {results.config_dir.name}" + (f", training seed {results.seed}" if results.seed is not None else ""),
+        "",
+        f"Test split ({results.rows[0].oracle.get('n_tracks', '?')} tracks), macro averages over tags, each with its "
+        "95 % bootstrap interval over test tracks in brackets. Oracle thresholds (each tag's best F-score on test, "
+        "the protocol of MediaEval and the paper)" + ("; the paper's values in parentheses." if paper else "."),
+        "",
+        results_table(results, thresholds="oracle"),
+        "",
+        "Thresholds tuned on validation (ROC-AUC and PR-AUC do not depend on thresholds):",
+        "",
+        results_table(results, thresholds="tuned", paper=False),
+        "",
+    ]
+    if results.alpha:
+        lines += [f"Ensemble alpha = {results.alpha['alpha']:.2f} (validation {results.alpha['metric']}).", ""]
+    if results.findings:
+        lines += ["## The paper's claims", "", FINDINGS_NOTE, "", findings_table(results.findings), ""]
+    lines += _numerics_lines(results)
+    if results.failures:
+        lines += ["Rows that did not finish:", ""] + [f"- {name}: {why}" for name, why in results.failures.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _numerics_lines(results: "Results") -> list[str]:
+    records = {_describe_numerics(r.numerics) for r in results.rows if r.numerics}
+    if not records:
+        return []
+    described = "; ".join(sorted(records))
+    return [f"Numerics of the trained rows: {described}.", ""]
+
+
+def _describe_numerics(numerics: dict) -> str:
+    return (f"precision {numerics.get('precision')}, {numerics.get('threads')} thread(s), "
+            f"{numerics.get('cpu_capability')} kernels")
+
+
+def seeds_table(seed_results: "SeedResults") -> str:
+    """Mean ± sd over seeds of every row's oracle test metrics."""
+    summary = seed_results.summary()
+    lines = ["| model | " + " | ".join(title for _, title in TABLE_METRICS) + " |", "|---" * (len(TABLE_METRICS) + 1) + "|"]
+    for name, metrics in summary.items():
+        cells = [f"{m['mean']:.4f} ± {m['sd']:.4f}" if math.isfinite(m["sd"]) else _number(m["mean"])
+                 for m in (metrics[key] for key, _ in TABLE_METRICS)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def seeds_markdown(seed_results: "SeedResults") -> str:
+    seeds = list(seed_results.per_seed)
+    alphas = ", ".join(f"{r.alpha['alpha']:.2f}" for r in seed_results.per_seed.values() if r.alpha)
+    lines = [
+        f"# Table 1 and 2 on {seed_results.config_dir.name} over training seeds {', '.join(map(str, seeds))}",
+        "",
+        "Test split, oracle thresholds, mean ± standard deviation over the seeds (the corpus is the same for every "
+        "seed; each seed's own table with intervals is in seed-<N>/results.md).",
+        "",
+        seeds_table(seed_results),
+        "",
+    ]
+    if alphas:
+        lines += [f"Ensemble alpha per seed: {alphas}.", ""]
+    if seed_results.findings:
+        lines += ["## The paper's claims, all seeds", "", FINDINGS_NOTE + " Here the difference of each resample is "
+                  "averaged over the seeds before the interval is taken.", "", findings_table(seed_results.findings), ""]
+    if seed_results.failures:
+        lines += ["Rows that did not finish:", ""] + [f"- {name}: {why}" for name, why in seed_results.failures.items()]
+    return "\n".join(lines) + "\n"
