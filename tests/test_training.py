@@ -256,9 +256,28 @@ def test_bf16_channels_last_and_loader_workers_train_on_cpu(corpus, tmp_path):
                          train={"max_epochs": 1, "precision": "bf16-mixed", "channels_last": True,
                                 "limit_train_batches": 1})
     run_dir = train(config, quiet=True)
-    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "completed" and info["numerics"]["precision"] == "bf16-mixed"
     _, logits = predict(run_dir, corpus / "splits" / "test.tsv")
     assert logits.dtype == np.float32 and np.isfinite(logits).all()
+
+
+def test_num_threads_sets_the_threads_of_training_and_prediction(corpus, tmp_path, monkeypatch):
+    from moodtag.training import run as run_module
+
+    used = []
+    original = run_module.track_logits
+    monkeypatch.setattr(run_module, "track_logits", lambda *a: used.append(torch.get_num_threads()) or original(*a))
+    before = torch.get_num_threads()
+    for threads in (1, 3):
+        config = tiny_config(corpus, tmp_path / f"run-{threads}",
+                             train={"max_epochs": 1, "num_threads": threads, "limit_train_batches": 1})
+        run_dir = run_module.train(config, quiet=True)
+        numerics = json.loads((run_dir / "run.json").read_text())["numerics"]
+        assert numerics["threads"] == threads and numerics["precision"] == "32"
+        run_module.predict(run_dir, corpus / "splits" / "test.tsv")
+        assert used[-1] == threads
+    assert torch.get_num_threads() == before  # restored for the caller
 
 
 @pytest.mark.slow
