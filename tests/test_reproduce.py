@@ -181,3 +181,38 @@ def test_paper_numbers_match_the_released_predictions(shared_dir):
         scores = evaluate(truth, np.load(folder / file))
         for key, value in PAPER_RESULTS[name].items():
             assert scores[key] == pytest.approx(value, abs=1.5e-4), (name, key)
+
+
+@pytest.mark.slow
+def test_seeds_repeat_every_row_and_summarise_mean_sd_and_claims(tmp_path, rng, capsys):
+    write_corpus(tmp_path / "corpus", rng)
+    write_configs(tmp_path / "configs")
+    for name in ("short-normal", "short-hpcp", "short-hpcp-noisy"):  # the long rows are enough here
+        (tmp_path / "configs" / f"{name}.yaml").unlink()
+    out = tmp_path / "out"
+    from moodtag.cli import main
+
+    assert main(["reproduce", str(tmp_path / "configs"), "--data-root", str(tmp_path / "corpus"), "--out", str(out),
+                 "--seeds", "3,5", "--jobs", "2", "--ensemble", "none", "-q"]) == 0
+    per_seed = {seed: json.loads((out / f"seed-{seed}" / "results.json").read_text()) for seed in (3, 5)}
+    for seed, saved in per_seed.items():
+        assert saved["seed"] == seed
+        assert json.loads((out / f"seed-{seed}" / "runs" / "long-hpcp" / "run.json").read_text())["seed"] == seed
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["seeds"] == [3, 5]
+    for row in ("long-normal", "long-hpcp", "long-hpcp-noisy"):
+        values = [next(r for r in per_seed[s]["rows"] if r["name"] == row)["oracle"]["roc_auc_macro"] for s in (3, 5)]
+        cell = summary["rows"][row]["roc_auc_macro"]
+        assert cell["values"] == values
+        assert cell["mean"] == pytest.approx(np.mean(values)) and cell["sd"] == pytest.approx(np.std(values, ddof=1))
+    # The claims over seeds: the mean of the per-seed differences, with an interval around it.
+    claim = next(f for f in summary["findings"] if f["better"] == "long-hpcp" and f["metric"] == "roc_auc_macro")
+    differences = []
+    for s in (3, 5):
+        rows = {r["name"]: r["oracle"]["roc_auc_macro"] for r in per_seed[s]["rows"]}
+        differences.append(rows["long-hpcp"] - rows["long-normal"])
+    assert claim["difference"] == pytest.approx(np.mean(differences)) and claim["seeds"] == 2
+    assert claim["low"] <= claim["high"] and claim["verdict"] in ("holds", "reversed", "not separated")
+    printed = capsys.readouterr().out
+    assert "| long-hpcp |" in printed and " ± " in printed and "HPCP helps long input" in printed
+    assert "mean ± standard deviation" in (out / "results.md").read_text()
