@@ -115,6 +115,8 @@ class StudentConfig:
     teacher: name of the teacher row; its run directory is a sibling of the student's (runs/<teacher>).
     pseudo_labels: labels.npz path; null = <teacher run dir>/pseudo-labels/labels.npz.
     unlabelled_split / unlabelled_features: the pool, relative to data.root (null features = data.features).
+    pool_includes_evaluation_audio: keep the validation and test tracks in the pool (the released code's
+    transductive pool); by default the pool leaves out every track of the labelled split files.
     """
 
     teacher: str
@@ -126,6 +128,7 @@ class StudentConfig:
     positive_threshold: float = 0.1
     negative_threshold: float = 1e-6
     iterations: int = 1
+    pool_includes_evaluation_audio: bool = False
 
 
 @dataclasses.dataclass

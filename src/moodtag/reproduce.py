@@ -290,21 +290,15 @@ def _train_and_predict(config: RunConfig, quiet: bool) -> list[str]:
 
 def _run_student(row: Row, teacher: Row, quiet: bool) -> list[str]:
     """`student.iterations` rounds of pseudo-labelling and training; round k is taught by round k - 1."""
-    from .training.pseudo_label import pseudo_label
+    from .training.pseudo_label import pseudo_label, student_pool_settings
 
     student = row.config.student
-    data = row.config.data
     done: list[str] = []
     rounds = _round_dirs(row)
     for run_dir, teacher_dir in zip(rounds, _teacher_dirs(row, teacher)):
         labels_dir = teacher_dir / "pseudo-labels"
         if not _completed(run_dir):
-            if pseudo_label(
-                teacher_dir, data.path(student.unlabelled_split),
-                store=data.path(student.unlabelled_features or data.features), out_dir=labels_dir,
-                rule=student.threshold_rule, t_pos=student.positive_threshold, t_neg=student.negative_threshold,
-                quiet=quiet,
-            ).ran:
+            if pseudo_label(teacher_dir, out_dir=labels_dir, quiet=quiet, **student_pool_settings(row.config)).ran:
                 done.append(f"pseudo-label {teacher_dir.name}")
         config = dataclasses.replace(
             row.config, name=run_dir.name, run_dir=str(run_dir),

@@ -219,6 +219,7 @@ def _finish_run_info(run_dir: Path, trainer, module: TaggingModule, datamodule: 
         n_train=len(datamodule.train_tracks), n_validation=len(datamodule.val_tracks),
         empty_batches=int(sum(row["empty_batches"] for row in history)),
         feature_hash=datamodule.store.params.hash, tags=len(datamodule.tags), numerics=numerics,
+        pool=datamodule.pool_info,
     )
 
 
