@@ -9,7 +9,7 @@ import sys
 from ..errors import MoodtagError
 
 # Module name under moodtag.cli for each subcommand, in the order `moodtag --help` lists them.
-COMMANDS = ("demo", "synth", "evaluate", "extract", "train", "predict", "export", "tag", "merge", "pseudo_label", "ensemble", "reproduce")
+COMMANDS = ("demo", "synth", "evaluate", "extract", "train", "predict", "export", "tag", "merge", "pseudo_label", "ensemble", "reproduce", "rehearse")
 
 
 def build_parser() -> argparse.ArgumentParser:
