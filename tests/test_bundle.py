@@ -286,3 +286,14 @@ def test_bundles_from_before_the_training_data_field_load_without_a_warning(bund
         tagger = Tagger.load(bundle_dir)
     assert tagger.bundle.training_data == {"kind": "unknown"} and not tagger.bundle.synthetic
     assert SYNTHETIC_WARNING not in caplog.text
+
+
+@pytest.mark.slow
+def test_members_from_different_data_roots_are_recorded_each(synthetic_bundle, runs):
+    from moodtag.bundle import _training_data
+
+    corpus = synthetic_bundle[1]
+    mixed = _training_data({"short": str(corpus), "long": str(runs["corpus"])})
+    assert mixed["kind"] == "synthetic"  # any synthetic member makes the bundle's tags untrustworthy
+    assert mixed["members"]["short"]["kind"] == "synthetic" and mixed["members"]["long"]["kind"] == "unknown"
+    assert _training_data({"short": str(corpus), "long": str(corpus)})["root"] == str(corpus)
