@@ -117,18 +117,35 @@ class StudentConfig:
     unlabelled_split / unlabelled_features: the pool, relative to data.root (null features = data.features).
     pool_includes_evaluation_audio: keep the validation and test tracks in the pool (the released code's
     transductive pool); by default the pool leaves out every track of the labelled split files.
+
+    Levers (docs/noisy-student.md, "Levers"); the defaults are the paper's method:
+    target_precision / target_npv / min_teacher_auc: the `precision` threshold rule's targets and its floor on the
+    teacher's validation ROC-AUC per tag (below it, a tag gets no pseudo-labels).
+    batching: mixed (the pool joins the labelled set, batches mix), streams (each step a full labelled batch plus
+    round(pool_ratio * batch_size) pool tracks) or alternate (labelled and pool epochs alternate, as the released code).
+    targets: hard (labels.npz: 1 / 0 / unknown) or soft (the teacher's probabilities, predictions.npz).
+    pool_size: train on the first N pool tracks only (pool order, after the left-out tracks); null = all.
     """
 
     teacher: str
     pseudo_labels: str | None = None
     unlabelled_split: str = "splits/unlabelled.tsv"
     unlabelled_features: str | None = None
-    threshold_rule: Literal["fixed", "derived"] = "fixed"
+    threshold_rule: Literal["fixed", "derived", "precision"] = "fixed"
     threshold_scope: Literal["per-tag", "global"] = "per-tag"
     positive_threshold: float = 0.1
     negative_threshold: float = 1e-6
     iterations: int = 1
     pool_includes_evaluation_audio: bool = False
+    target_precision: float = 0.9
+    # Above the share of negatives of every demo tag (tags on 10-40 % of tracks: at most 0.9), so the teacher's
+    # ranking, not the base rate, has to earn a negative label.
+    target_npv: float = 0.95
+    min_teacher_auc: float = 0.7
+    batching: Literal["mixed", "streams", "alternate"] = "mixed"
+    pool_ratio: float = 1.0
+    targets: Literal["hard", "soft"] = "hard"
+    pool_size: int | None = None
 
 
 @dataclasses.dataclass
@@ -178,6 +195,13 @@ class RunConfig:
             positive, negative = self.student.positive_threshold, self.student.negative_threshold
             checks.append(("student.negative_threshold", 0 <= negative <= positive <= 1, "need 0 <= negative <= positive <= 1"))
             checks.append(("student.iterations", self.student.iterations > 0, "must be positive"))
+            student = self.student
+            for key in ("target_precision", "target_npv"):
+                checks.append((f"student.{key}", 0 < getattr(student, key) <= 1, "must lie in (0, 1]"))
+            checks.append(("student.min_teacher_auc", 0 <= student.min_teacher_auc <= 1, "must lie in [0, 1]"))
+            checks.append(("student.pool_ratio", student.pool_ratio > 0, "must be positive"))
+            checks.append(("student.pool_size", student.pool_size is None or student.pool_size > 0,
+                           "must be positive or null"))
         return [(key, reason) for key, ok, reason in checks if not ok]
 
 

@@ -1,11 +1,15 @@
 """The DataModule that feeds training: labelled train (+ pseudo-labelled pool for students) and validation."""
 from __future__ import annotations
 
+import logging
+import math
 import os
 from pathlib import Path
 
 import lightning as L
-from torch.utils.data import DataLoader
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Sampler
 
 from ..config import DataConfig, RunConfig
 from ..errors import DataError
@@ -24,6 +28,8 @@ from .datasets import (
     split_track_ids,
 )
 from .splits import read_tag_list
+
+log = logging.getLogger(__name__)
 
 
 def open_store(path: str | os.PathLike) -> FeatureStore:
@@ -63,6 +69,7 @@ class MoodDataModule(L.LightningDataModule):
     """Train and validation loaders for one run.
 
     pseudo_labels: a labels.npz whose tracks (read from the student's unlabelled store) join the labelled train set.
+    train_tracks: the labelled tracks, then the pool's (`n_labelled` marks where the pool begins).
     pool_info: for students, the pool's size, whether it may hold evaluation audio, and how many such tracks it holds.
     """
 
@@ -76,12 +83,14 @@ class MoodDataModule(L.LightningDataModule):
         self.hpcp_frames_per_step = self.store.params.hpcp_frames_per_mel_step
         self.train_tracks: TrackSet | None = None
         self.val_tracks: TrackSet | None = None
+        self.n_labelled = 0
         self.pool_info: dict | None = None
 
     def setup(self, stage: str | None = None) -> None:
         data = self.config.data
         if self.train_tracks is None:
             self.train_tracks = labelled_tracks(data.path(data.train_split), self.store, self.tags)
+            self.n_labelled = len(self.train_tracks)
             if self.pseudo_labels is not None:
                 self.train_tracks = self.train_tracks + self._pseudo_labelled()
             self.val_tracks = labelled_tracks(data.path(data.validation_split), self.store, self.tags)
@@ -99,6 +108,15 @@ class MoodDataModule(L.LightningDataModule):
         if store.params.hash != self.store.params.hash:
             raise DataError(f"{store.root}: feature parameters differ from {self.store.root}")
         pool = pseudo_labelled_tracks(self.pseudo_labels, store, self.tags, exclude=pool_exclusion(self.config))
+        if student.targets == "soft":
+            pool.targets = self._soft_targets(pool.track_ids)
+        if student.pool_size is not None:
+            if len(pool) < student.pool_size:
+                log.warning("%s: student.pool_size is %d but the pool holds %d tracks; using them all",
+                            self.pseudo_labels, student.pool_size, len(pool))
+            pool = pool[: student.pool_size]
+        if student.batching != "mixed" and len(pool) == 0:
+            raise DataError(f"{self.pseudo_labels}: no pool track to train on (student.batching: {student.batching})")
         evaluation = split_track_ids(self.config.data, ("validation", "test"))
         self.pool_info = {
             "tracks": len(pool), "includes_evaluation_audio": student.pool_includes_evaluation_audio,
@@ -106,18 +124,74 @@ class MoodDataModule(L.LightningDataModule):
         }
         return pool
 
+    def _soft_targets(self, track_ids: list[str]) -> np.ndarray:
+        """The teacher's probabilities for `track_ids`, from the predictions.npz beside the student's labels.npz."""
+        from ..training.pseudo_label import soft_targets
+
+        folder = Path(self.pseudo_labels).parent
+        predicted, targets = soft_targets(folder, self.tags)
+        row = {track_id: i for i, track_id in enumerate(predicted)}
+        unpredicted = [track_id for track_id in track_ids if track_id not in row]
+        if unpredicted:
+            raise DataError(f"{folder / 'predictions.npz'}: no teacher prediction for {len(unpredicted)} pool tracks "
+                            f"of labels.npz (first: {unpredicted[0]})")
+        return targets[[row[track_id] for track_id in track_ids]]
+
     def train_dataloader(self) -> DataLoader:
         data = self.config.data
-        dataset = training_dataset(
-            self.train_tracks, data, use_hpcp=self.use_hpcp, hpcp_frames_per_step=self.hpcp_frames_per_step
-        )
-        return DataLoader(
-            dataset, batch_size=data.batch_size, shuffle=True, num_workers=data.num_workers,
-            persistent_workers=data.num_workers > 0,
-        )
+        batching = self.config.student.batching if self.pseudo_labels is not None else "mixed"
+        common = dict(num_workers=data.num_workers, persistent_workers=data.num_workers > 0)
+        if batching == "mixed":
+            return DataLoader(self._training_dataset(self.train_tracks), batch_size=data.batch_size, shuffle=True,
+                              **common)
+        labelled, pool = self.train_tracks[: self.n_labelled], self.train_tracks[self.n_labelled :]
+        if batching == "alternate":
+            # Even epochs labelled, odd epochs pool: the Trainer reloads this loader every epoch (training.run).
+            part = labelled if self.trainer.current_epoch % 2 == 0 else pool
+            return DataLoader(self._training_dataset(part), batch_size=data.batch_size, shuffle=True, **common)
+        if self.trainer is not None and self.trainer.world_size > 1:
+            raise DataError("student.batching: streams runs in one process; use mixed or alternate under DDP")
+        datasets = [self._training_dataset(labelled), self._training_dataset(pool)]
+        sampler = StreamBatchSampler(len(datasets[0]), len(datasets[1]), batch_size=data.batch_size,
+                                     pool_batch=round(self.config.student.pool_ratio * data.batch_size))
+        return DataLoader(ConcatDataset(datasets), batch_sampler=sampler, **common)
+
+    def _training_dataset(self, tracks: TrackSet):
+        return training_dataset(tracks, self.config.data, use_hpcp=self.use_hpcp,
+                                hpcp_frames_per_step=self.hpcp_frames_per_step)
 
     def val_dataloader(self) -> DataLoader:
         return evaluation_loader(
             self.val_tracks, self.config.data, use_hpcp=self.use_hpcp, hpcp_frames_per_step=self.hpcp_frames_per_step,
             persistent_workers=True,
         )
+
+
+class StreamBatchSampler(Sampler[list[int]]):
+    """Batches of ConcatDataset([labelled, pool]) as two streams: `batch_size` labelled examples plus `pool_batch`
+    pool examples in every batch, ceil(n_labelled / batch_size) batches an epoch.
+
+    Each stream runs through shuffled passes of its part and starts a new pass where one ends, so every batch is
+    full. The shuffles are seeded from torch's global random state, as a shuffling DataLoader's are, so a seeded run
+    repeats and a resumed one (whose random state the checkpoint restores) draws what the uninterrupted one drew.
+    """
+
+    def __init__(self, n_labelled: int, n_pool: int, *, batch_size: int, pool_batch: int):
+        super().__init__()
+        self.n_labelled, self.n_pool, self.batch_size, self.pool_batch = n_labelled, n_pool, batch_size, pool_batch
+
+    def __len__(self) -> int:
+        return math.ceil(self.n_labelled / self.batch_size)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
+        labelled = _shuffled_passes(range(self.n_labelled), generator)
+        pool = _shuffled_passes(range(self.n_labelled, self.n_labelled + self.n_pool), generator)
+        for _ in range(len(self)):
+            yield [next(labelled) for _ in range(self.batch_size)] + [next(pool) for _ in range(self.pool_batch)]
+
+
+def _shuffled_passes(positions: range, generator: torch.Generator):
+    """Endless shuffled passes over `positions` (not empty)."""
+    while True:
+        yield from (positions.start + torch.randperm(len(positions), generator=generator)).tolist()

@@ -48,6 +48,9 @@ class TrackSet:
     def __len__(self) -> int:
         return len(self.track_ids)
 
+    def __getitem__(self, rows: slice) -> "TrackSet":
+        return TrackSet(self.track_ids[rows], self.targets[rows], self.stores[rows])
+
     def __add__(self, other: "TrackSet") -> "TrackSet":
         return TrackSet(
             self.track_ids + other.track_ids, np.concatenate([self.targets, other.targets]), self.stores + other.stores

@@ -3,14 +3,9 @@
 The teacher predicts every track of the unlabelled pool; a score above `t_pos` becomes a positive label, a score
 below `t_neg` a negative one, and everything in between is *unknown* (NaN), which the student's masked BCE ignores.
 
-Thresholds are either fixed (the paper's 0.1 / 1e-6) or derived with the paper's rule from the teacher's scores on
-train + validation: `t_pos` is where the rightmost 5 % of the true positives' scores begin (their 95th percentile) and
-`t_neg` where the leftmost 5 % of the true negatives' scores end (their 5th percentile). The paper derived one global
-pair; moodtag derives one pair per tag by default because tag frequencies differ by two orders of magnitude on
-MTG-Jamendo, so a pair that is confident for a frequent tag labels almost nothing of a rare one (`scope="global"`
-gives the paper's single pair). Degenerate tags are guarded: a tag without positives (or negatives) borrows the
-global value, and a tag whose thresholds cross (`t_neg >= t_pos`, the teacher cannot tell its classes apart) gets no
-confident labels at all.
+Thresholds come from `moodtag.training.thresholds` (fixed, the paper's derived rule, or the precision rule);
+students read `labels.npz` (hard labels) or, with `student.targets: soft`, the teacher's probabilities in
+`predictions.npz` (`soft_targets`).
 
 Pool predictions are made in fixed chunks of tracks, one file per chunk, written atomically: a killed run loses at
 most the chunk in progress, and `--shard i/N` runs take every N-th chunk, so any number of machines can share the pool.
@@ -30,108 +25,22 @@ import numpy as np
 from ..atomic import atomic_path, atomic_write_text
 from ..errors import DataError
 from ..merge import merge_rows
+from .thresholds import (  # noqa: F401  (Thresholds and friends are part of this module's API)
+    MIN_TEACHER_AUC,
+    PAPER_T_NEG,
+    PAPER_T_POS,
+    TARGET_NPV,
+    TARGET_PRECISION,
+    Thresholds,
+    derive_thresholds,
+    fixed_thresholds,
+    hard_labels,
+    precision_thresholds,
+)
 
 log = logging.getLogger(__name__)
 
-PAPER_T_POS = 0.1
-PAPER_T_NEG = 1e-6
-POSITIVE_QUANTILE = 0.95  # the rightmost 5 % of the true positives' scores
-NEGATIVE_QUANTILE = 0.05  # the leftmost 5 % of the true negatives' scores
 CHUNK_TRACKS = 256
-
-
-@dataclasses.dataclass
-class Thresholds:
-    """One (t_pos, t_neg) pair per tag; a tag with t_pos = +inf and t_neg = -inf gets no confident labels."""
-
-    tags: list[str]
-    t_pos: np.ndarray
-    t_neg: np.ndarray
-    mode: str  # "fixed" or "derived"
-    scope: str  # "per-tag" or "global"
-    notes: dict[str, str] = dataclasses.field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        def finite_or_none(value: float) -> float | None:
-            return float(value) if np.isfinite(value) else None
-
-        return {
-            "mode": self.mode,
-            "scope": self.scope,
-            "positive_quantile": POSITIVE_QUANTILE,
-            "negative_quantile": NEGATIVE_QUANTILE,
-            "tags": [
-                {"tag": tag, "t_pos": finite_or_none(p), "t_neg": finite_or_none(n), "note": self.notes.get(tag, "")}
-                for tag, p, n in zip(self.tags, self.t_pos, self.t_neg)
-            ],
-        }
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "Thresholds":
-        rows = values["tags"]
-        t_pos = np.array([np.inf if r["t_pos"] is None else r["t_pos"] for r in rows], dtype=np.float64)
-        t_neg = np.array([-np.inf if r["t_neg"] is None else r["t_neg"] for r in rows], dtype=np.float64)
-        notes = {r["tag"]: r["note"] for r in rows if r.get("note")}
-        return cls([r["tag"] for r in rows], t_pos, t_neg, values["mode"], values["scope"], notes)
-
-
-def fixed_thresholds(tags: Sequence[str], *, t_pos: float = PAPER_T_POS, t_neg: float = PAPER_T_NEG) -> Thresholds:
-    """The same pair for every tag (the paper's 0.1 / 1e-6 by default)."""
-    if not t_neg < t_pos:
-        raise DataError(f"t_neg ({t_neg}) must be below t_pos ({t_pos})")
-    n = len(tags)
-    return Thresholds(list(tags), np.full(n, float(t_pos)), np.full(n, float(t_neg)), "fixed", "global")
-
-
-def derive_thresholds(scores: np.ndarray, labels: np.ndarray, tags: Sequence[str], *, scope: str = "per-tag") -> Thresholds:
-    """The paper's rule on teacher `scores` (n_tracks, n_tags) probabilities against 0/1 `labels` of train + validation.
-
-    Returns per-tag pairs (`scope="per-tag"`) or one pooled pair for all tags (`scope="global"`).
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels).astype(bool)
-    if scores.shape != labels.shape or scores.shape[1] != len(tags):
-        raise DataError(f"scores {scores.shape}, labels {labels.shape} and {len(tags)} tags do not match")
-    if scope not in ("per-tag", "global"):
-        raise DataError(f"threshold scope must be 'per-tag' or 'global', not {scope!r}")
-    global_pos = _quantile_or_none(scores[labels], POSITIVE_QUANTILE)
-    global_neg = _quantile_or_none(scores[~labels], NEGATIVE_QUANTILE)
-    n_tags = len(tags)
-    t_pos, t_neg = np.empty(n_tags), np.empty(n_tags)
-    notes: dict[str, str] = {}
-    for j, tag in enumerate(tags):
-        column, positive = scores[:, j], labels[:, j]
-        pos = global_pos if scope == "global" else _quantile_or_none(column[positive], POSITIVE_QUANTILE)
-        neg = global_neg if scope == "global" else _quantile_or_none(column[~positive], NEGATIVE_QUANTILE)
-        borrowed = []
-        if pos is None:
-            pos, note = (global_pos, "no positives: global t_pos") if global_pos is not None else (PAPER_T_POS, "no positives: paper t_pos")
-            borrowed.append(note)
-        if neg is None:
-            neg, note = (global_neg, "no negatives: global t_neg") if global_neg is not None else (PAPER_T_NEG, "no negatives: paper t_neg")
-            borrowed.append(note)
-        if neg >= pos:
-            borrowed.append(f"t_neg {neg:.3g} >= t_pos {pos:.3g}: no confident labels")
-            pos, neg = np.inf, -np.inf
-        t_pos[j], t_neg[j] = pos, neg
-        if borrowed:
-            notes[tag] = "; ".join(borrowed)
-    return Thresholds(list(tags), t_pos, t_neg, "derived", scope, notes)
-
-
-def _quantile_or_none(values: np.ndarray, q: float) -> float | None:
-    return float(np.quantile(values, q)) if values.size else None
-
-
-def hard_labels(probabilities: np.ndarray, thresholds: Thresholds) -> np.ndarray:
-    """(n_tracks, n_tags) float32 targets: 1 where p > t_pos, 0 where p < t_neg, NaN (unknown) elsewhere."""
-    probabilities = np.asarray(probabilities)
-    if probabilities.ndim != 2 or probabilities.shape[1] != len(thresholds.tags):
-        raise DataError(f"predictions {probabilities.shape} do not have one column per tag ({len(thresholds.tags)})")
-    targets = np.full(probabilities.shape, np.nan, dtype=np.float32)
-    targets[probabilities > thresholds.t_pos] = 1.0
-    targets[probabilities < thresholds.t_neg] = 0.0
-    return targets
 
 
 def label_counts(targets: np.ndarray) -> dict[str, np.ndarray]:
@@ -351,6 +260,27 @@ def read_pseudo_labels(out_dir: str | os.PathLike) -> PseudoLabels:
     return PseudoLabels(out_dir, track_ids, thresholds, targets, ran=False)
 
 
+def soft_targets(out_dir: str | os.PathLike, tags: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """(track ids, (n, n_tags) float32): the teacher's pool probabilities (predictions.npz) as soft targets, columns
+    in `tags` order. Tags the threshold rule gave no labels at all (t_pos = +inf and t_neg = -inf: the teacher cannot
+    rank them) are NaN, so a student learns nothing from a teacher that knows nothing there."""
+    out_dir = Path(out_dir)
+    try:
+        with np.load(out_dir / "predictions.npz") as data:
+            track_ids, file_tags = list(map(str, data["track_ids"])), list(map(str, data["tags"]))
+            probabilities = data["probabilities"].astype(np.float32)
+    except (OSError, ValueError, KeyError) as err:
+        raise DataError(f"{out_dir / 'predictions.npz'}: soft targets need the teacher's predictions ({err})") from None
+    if sorted(file_tags) != sorted(tags):
+        raise DataError(f"{out_dir / 'predictions.npz'}: its tags differ from the run's tag list")
+    thresholds = read_pseudo_labels(out_dir).thresholds
+    silent = {tag for tag, p, n in zip(thresholds.tags, thresholds.t_pos, thresholds.t_neg) if p == np.inf and n == -np.inf}
+    column = {tag: j for j, tag in enumerate(file_tags)}
+    targets = probabilities[:, [column[tag] for tag in tags]]
+    targets[:, [j for j, tag in enumerate(tags) if tag in silent]] = np.nan
+    return track_ids, targets
+
+
 def pseudo_label(
     teacher_run: str | os.PathLike,
     pool: str | os.PathLike,
@@ -362,15 +292,19 @@ def pseudo_label(
     scope: str = "per-tag",
     t_pos: float = PAPER_T_POS,
     t_neg: float = PAPER_T_NEG,
+    target_precision: float = TARGET_PRECISION,
+    target_npv: float = TARGET_NPV,
+    min_teacher_auc: float = MIN_TEACHER_AUC,
     chunk_tracks: int = CHUNK_TRACKS,
     exclude: Collection[str] = frozenset(),
     quiet: bool = False,
 ) -> PseudoLabels | None:
     """Pseudo-label the pool TSV `pool` with the teacher run; None when other shards still have chunks to predict.
 
-    rule: "fixed" (t_pos / t_neg for every tag) or "derived" (the paper's rule with `scope` "per-tag" or "global").
+    rule: "fixed" (t_pos / t_neg for every tag), "derived" (the paper's rule with `scope` "per-tag" or "global") or
+    "precision" (`precision_thresholds` with the targets and floor given, on the teacher's validation scores).
     Output in `out_dir` (default TEACHER_RUN/pseudo-labels): parts/ (per-chunk teacher logits), pool.json,
-    reference.npz (teacher logits and labels on train + validation, for derived thresholds), predictions.npz,
+    reference.npz (teacher logits and labels on train + validation, for derived and precision thresholds), predictions.npz,
     thresholds.json, counts.tsv and labels.npz. A finished folder with the same settings is reused as it is.
     exclude: pool tracks not to label (the labelled splits' tracks, `moodtag.data.datasets.pool_exclusion`).
     """
@@ -380,13 +314,14 @@ def pseudo_label(
 
     teacher_run = Path(teacher_run)
     out_dir = Path(out_dir) if out_dir is not None else teacher_run / "pseudo-labels"
-    if rule not in ("fixed", "derived"):
-        raise DataError(f"threshold rule must be 'fixed' or 'derived', not {rule!r}")
+    if rule not in ("fixed", "derived", "precision"):
+        raise DataError(f"threshold rule must be 'fixed', 'derived' or 'precision', not {rule!r}")
     _, config, tags = load_model(teacher_run)
     store = FeatureStore(store if store is not None else config.data.path(config.data.features))
     track_ids = _pool_with_features(_pool_without(read_split(pool).track_ids, exclude, pool), store, out_dir, pool)
     check_manifest(out_dir, pool_manifest(teacher_run, teacher_run / "checkpoints" / "best.ckpt", track_ids, chunk_tracks))
-    finished = _finished(out_dir, rule, scope, t_pos, t_neg)
+    precision = {"target_precision": target_precision, "target_npv": target_npv, "min_teacher_auc": min_teacher_auc}
+    finished = _finished(out_dir, rule, scope, t_pos, t_neg, precision)
     if finished is not None:
         log.info("%s: pseudo-labels already made with these settings", out_dir)
         return finished
@@ -397,13 +332,17 @@ def pseudo_label(
     track_ids, logits = merged_pool_logits(out_dir, track_ids, chunk_tracks=chunk_tracks)
     if rule == "fixed":
         thresholds = fixed_thresholds(tags, t_pos=t_pos, t_neg=t_neg)
-    else:
-        scores, labels = _reference_scores(teacher_run, config, store, out_dir, tags)
+    elif rule == "derived":
+        scores, labels, _ = _reference_scores(teacher_run, config, store, out_dir, tags)
         thresholds = derive_thresholds(scores, labels, tags, scope=scope)
+    else:
+        # Validation only: the teacher fitted its training tracks, so precision measured there overstates the pool's.
+        scores, labels, validation = _reference_scores(teacher_run, config, store, out_dir, tags)
+        thresholds = precision_thresholds(scores[validation], labels[validation], tags, scope=scope, **precision)
     return write_pseudo_labels(out_dir, track_ids, logits, thresholds)
 
 
-def _finished(out_dir: Path, rule: str, scope: str, t_pos: float, t_neg: float) -> PseudoLabels | None:
+def _finished(out_dir: Path, rule: str, scope: str, t_pos: float, t_neg: float, precision: dict) -> PseudoLabels | None:
     """The finished pseudo-labelling in `out_dir` if it used these settings (new thresholds only redo the labels)."""
     if not (out_dir / "labels.npz").is_file() or not (out_dir / "thresholds.json").is_file():
         return None
@@ -411,6 +350,8 @@ def _finished(out_dir: Path, rule: str, scope: str, t_pos: float, t_neg: float) 
     thresholds = existing.thresholds
     if rule == "derived":
         same = thresholds.mode == "derived" and thresholds.scope == scope
+    elif rule == "precision":
+        same = thresholds.mode == "precision" and thresholds.scope == scope and thresholds.settings == precision
     else:
         same = thresholds.mode == "fixed" and np.all(thresholds.t_pos == t_pos) and np.all(thresholds.t_neg == t_neg)
     return existing if same else None
@@ -426,14 +367,15 @@ def _pool_without(track_ids: list[str], exclude: Collection[str], pool) -> list[
 
 def student_pool_settings(config) -> dict:
     """The `pseudo_label` keyword arguments a student RunConfig asks for: its pool (minus the tracks it must leave
-    out), the pool's feature store and the threshold rule, scope and pair."""
+    out), the pool's feature store and the threshold rule with its scope, pair, targets and floor."""
     from ..data.datasets import pool_exclusion
 
     student, data = config.student, config.data
     return {
         "pool": data.path(student.unlabelled_split), "store": data.path(student.unlabelled_features or data.features),
         "rule": student.threshold_rule, "scope": student.threshold_scope, "t_pos": student.positive_threshold,
-        "t_neg": student.negative_threshold, "exclude": pool_exclusion(config),
+        "t_neg": student.negative_threshold, "target_precision": student.target_precision,
+        "target_npv": student.target_npv, "min_teacher_auc": student.min_teacher_auc, "exclude": pool_exclusion(config),
     }
 
 
@@ -450,22 +392,26 @@ def _pool_with_features(track_ids: list[str], store, out_dir: Path, pool) -> lis
     return track_ids
 
 
-def _reference_scores(teacher_run: Path, config, store, out_dir: Path, tags: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Teacher probabilities and true labels on train + validation (cached in reference.npz)."""
+def _reference_scores(teacher_run: Path, config, store, out_dir: Path,
+                      tags: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Teacher probabilities, true labels and which rows are validation tracks, on train + validation (cached in
+    reference.npz; a cache written before the validation rows were marked is made again)."""
     from ..ensemble import split_labels
     from .run import predict, split_path
 
     path = out_dir / "reference.npz"
     if path.is_file():
         with np.load(path) as data:
-            return sigmoid(data["logits"]), data["labels"]
-    logits, labels = [], []
+            if "validation" in data:
+                return sigmoid(data["logits"]), data["labels"], data["validation"]
+    logits, labels, validation = [], [], []
     for split in ("train", "validation"):
         track_ids, split_logits = predict(teacher_run, split_path(config, split)[1], store)
         logits.append(split_logits)
         labels.append(split_labels(teacher_run, split, track_ids, tags))
-    logits, labels = np.concatenate(logits), np.concatenate(labels)
+        validation.append(np.full(len(track_ids), split == "validation"))
+    logits, labels, validation = np.concatenate(logits), np.concatenate(labels), np.concatenate(validation)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, logits=logits.astype(np.float32), labels=labels.astype(np.uint8))
-    return sigmoid(logits), labels
+            np.savez(f, logits=logits.astype(np.float32), labels=labels.astype(np.uint8), validation=validation)
+    return sigmoid(logits), labels, validation

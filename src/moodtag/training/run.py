@@ -184,6 +184,8 @@ def _trainer(
         callbacks=[MetricsCsv(run_dir / "metrics.csv"), early_stopping, best, last, *callbacks], logger=False,
         enable_progress_bar=not quiet, enable_model_summary=not quiet, num_sanity_val_steps=0,
         limit_train_batches=train.limit_train_batches, limit_val_batches=train.limit_val_batches,
+        # Students that alternate labelled and pool epochs get a new training loader each epoch (MoodDataModule).
+        reload_dataloaders_every_n_epochs=int(config.student is not None and config.student.batching == "alternate"),
     )
 
 
