@@ -194,8 +194,9 @@ def run_rows(rows: list[Row], spec: EnsembleSpec | None, *, jobs: int = 1, quiet
     pin_cpu_kernels()
     done: dict[Path, list[str]] = {}
     failures: dict[Path, str] = {}
-    pending, running = list(rows), {}
     by_dir = {row.run_dir: row for row in rows}
+    chain = _chain_length(rows)
+    pending, running = sorted(rows, key=lambda row: chain[row.run_dir], reverse=True), {}
     # With several rows at once, each gets its share of the cores unless its config fixes train.num_threads.
     threads = None if jobs == 1 else max(1, (os.cpu_count() or 1) // jobs)
     context = multiprocessing.get_context("spawn")
@@ -218,6 +219,16 @@ def run_rows(rows: list[Row], spec: EnsembleSpec | None, *, jobs: int = 1, quiet
                 for future in finished:
                     _record(running.pop(future), future.result(), done, failures)
     return done, failures
+
+
+def _chain_length(rows: list[Row]) -> dict[Path, int]:
+    """How many rows wait on each row in a chain (itself included): teachers of students first, so the longest
+    chain of dependent rows starts early and the cores are not left with one long chain at the end."""
+    length: dict[Path, int] = {}
+    for row in reversed(rows):  # dependants come after their dependencies in `rows`
+        dependants = [length[other.run_dir] for other in rows if row.run_dir in other.dependency_dirs]
+        length[row.run_dir] = 1 + max(dependants, default=0)
+    return length
 
 
 def _ready(pending: list[Row], done: dict, failures: dict) -> list[Row]:
