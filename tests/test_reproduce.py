@@ -216,3 +216,24 @@ def test_seeds_repeat_every_row_and_summarise_mean_sd_and_claims(tmp_path, rng, 
     printed = capsys.readouterr().out
     assert "| long-hpcp |" in printed and " ± " in printed and "HPCP helps long input" in printed
     assert "mean ± standard deviation" in (out / "results.md").read_text()
+
+
+def test_results_md_flags_a_transductive_pool_and_states_the_numerics(tmp_path):
+    from moodtag.report import results_markdown
+    from moodtag.results import Results, RowResult
+
+    metrics = {key: 0.5 for key, _ in TABLE_METRICS} | {"n_tracks": 9}
+    numerics = {"precision": "32", "threads": 1, "cpu_capability": "AVX2"}
+
+    def row(name, kind, pool=None):
+        return RowResult(name, kind, tmp_path / name, metrics, metrics, metrics, {}, None, numerics=numerics, pool=pool)
+
+    rows = [row("long-hpcp", "teacher"), row("short-hpcp", "teacher"),
+            row("long-hpcp-noisy", "student", {"tracks": 20, "includes_evaluation_audio": True, "evaluation_tracks": 12}),
+            row("ensemble", "ensemble")]
+    text = results_markdown(Results(tmp_path, tmp_path, rows, [], ensemble_members=("short-hpcp", "long-hpcp-noisy")))
+    assert "Transductive pool" in text and "- long-hpcp-noisy: 12 validation/test tracks" in text
+    assert "- ensemble: through its member long-hpcp-noisy" in text
+    assert "precision 32, 1 thread(s), AVX2 kernels" in text
+    rows[2].pool["includes_evaluation_audio"] = False
+    assert "Transductive" not in results_markdown(Results(tmp_path, tmp_path, rows, []))

@@ -291,7 +291,7 @@ def results_markdown(results: "Results") -> str:
         lines += [f"Ensemble alpha = {results.alpha['alpha']:.2f} (validation {results.alpha['metric']}).", ""]
     if results.findings:
         lines += ["## The paper's claims", "", FINDINGS_NOTE, "", findings_table(results.findings), ""]
-    lines += _numerics_lines(results)
+    lines += _numerics_lines(results) + _transductive_lines(results)
     if results.failures:
         lines += ["Rows that did not finish:", ""] + [f"- {name}: {why}" for name, why in results.failures.items()]
     return "\n".join(lines) + "\n"
@@ -308,6 +308,20 @@ def _numerics_lines(results: "Results") -> list[str]:
 def _describe_numerics(numerics: dict) -> str:
     return (f"precision {numerics.get('precision')}, {numerics.get('threads')} thread(s), "
             f"{numerics.get('cpu_capability')} kernels")
+
+
+def _transductive_lines(results: "Results") -> list[str]:
+    """Rows whose students trained on validation/test audio (`student.pool_includes_evaluation_audio`), and the
+    ensemble when one of its members did: their test numbers are not comparable with an inductive pool's."""
+    flagged = {r.name: r.pool for r in results.rows if r.pool and r.pool.get("includes_evaluation_audio")}
+    if not flagged:
+        return []
+    lines = ["**Transductive pool** (the released code's setting, `student.pool_includes_evaluation_audio: true`):", ""]
+    lines += [f"- {name}: {pool.get('evaluation_tracks', '?')} validation/test tracks were pseudo-labelled and trained on"
+              for name, pool in flagged.items()]
+    if results.ensemble_members and set(results.ensemble_members) & set(flagged):
+        lines.append("- ensemble: through its member " + ", ".join(sorted(set(results.ensemble_members) & set(flagged))))
+    return lines + [""]
 
 
 def seeds_table(seed_results: "SeedResults") -> str:

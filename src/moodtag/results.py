@@ -78,6 +78,7 @@ class RowResult:
     tuned_ci: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     per_tag_pr_auc_ci: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     numerics: dict | None = None  # precision, threads and kernels the run trained with (its run.json)
+    pool: dict | None = None  # a student's pool (its run.json): size, and whether it held validation/test audio
 
     def to_dict(self) -> dict:
         values = dataclasses.asdict(self)
@@ -209,7 +210,7 @@ def evaluate_row(name: str, kind: str, run_dir: Path, label_run: Path, weights: 
         oracle_ci=_intervals(oracle_values), tuned_ci=_intervals(tuned_values),
         per_tag_pr_auc_ci={tag: list(bootstrap.interval(oracle_values["per_tag_pr_auc"][:, j]))
                            for j, tag in enumerate(tags)},
-        numerics=_numerics(run_dir),
+        **_run_info(run_dir),
     )
     return result, tags, splits["test"], oracle_values
 
@@ -222,9 +223,10 @@ def _intervals(values: dict) -> dict[str, list[float]]:
     return {metric: list(bootstrap.interval(values[metric])) for metric in bootstrap.METRICS}
 
 
-def _numerics(run_dir: Path) -> dict | None:
-    info = run_dir / "run.json"
-    return json.loads(info.read_text()).get("numerics") if info.is_file() else None
+def _run_info(run_dir: Path) -> dict:
+    path = run_dir / "run.json"
+    info = json.loads(path.read_text()) if path.is_file() else {}
+    return {"numerics": info.get("numerics"), "pool": info.get("pool")}
 
 
 def score_rows(rows, config_dir: Path, out_dir: Path, steps_run: list[str], *, paper: bool,
