@@ -53,5 +53,8 @@ def test_small_rehearsal_runs_every_row_and_keeps_the_pool_clean(tmp_path, capsy
     assert len(labelled) == 9 and len(everything) == 13 and labelled < set(everything.track_ids)
     assert (data / "moodtheme-tags.txt").read_text().split() == list(TAG_FREQUENCY)
     assert min(everything.durations) >= 64 * 0.1161 and max(everything.durations) <= 10.0
+    from moodtag.bundle import training_data_of
+
+    assert training_data_of(data)["kind"] == "synthetic"  # so a bundle of a rehearsal run warns
     table = rehearsal_table(summary)
     assert len(table.splitlines()) == 2 + len(ROWS) and table.count("pass") == 2

@@ -111,7 +111,7 @@ def write_data_root(root: Path, *, tracks: int, pool: int, seed: int, min_second
     """Render the synthetic corpus's audio under root/audio and write MTG-Jamendo's metadata files for it."""
     from tqdm import tqdm
 
-    from .synth.corpus import Preset, plan_corpus, render_to_file
+    from .synth.corpus import SETTINGS_FILE, Preset, plan_corpus, render_to_file
 
     if max_seconds < min_seconds:
         raise ConfigError(f"tracks of at most {max_seconds} s are shorter than the long input ({min_seconds:.1f} s)")
@@ -132,6 +132,9 @@ def write_data_root(root: Path, *, tracks: int, pool: int, seed: int, min_second
     for split, name in SPLIT_FILES.items():
         write_split(root / name, _split([r for r in records if r["split"] == split]))
     write_split(root / "autotagging.tsv", _split(records))
+    # The mark of synthetic audio: a bundle exported from a rehearsal run must warn that it knows no real music.
+    atomic_write_text(root / SETTINGS_FILE, json.dumps({"generator": "moodtag rehearse", "tracks": tracks, "pool": pool,
+                                                        "seed": seed}, indent=2) + "\n")
     return records
 
 
