@@ -16,7 +16,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--out", metavar="DIR", default="moodtag-demo", help="output folder (default: ./moodtag-demo)")
     parser.add_argument("--preset", choices=tuple(DEMO_PRESETS), default="demo",
-                        help="tiny: about a minute; demo: about ten minutes on 2 CPU cores (default: demo)")
+                        help="tiny: about a minute; demo: about twelve minutes on 2 CPU cores (default: demo)")
     parser.add_argument("--workers", type=int, metavar="N", help="processes for synthesis, extraction and training rows side by side (default: 2); "
                              "the results do not depend on it")
     parser.add_argument("--seed", type=int, default=0, help="corpus seed (default: 0)")
