@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Sequence
 
 from . import ensemble as ens
-from .atomic import atomic_write_text
+from .atomic import atomic_write_json, atomic_write_text
 from .config import RunConfig, load_config
 from .errors import ConfigError, DataError, MoodtagError
 from .numerics import pin_cpu_kernels
-from .results import EVALUATED_SPLITS, Results, SeedResults, measure_claims, paper_claims, score_rows, write_json
+from .results import EVALUATED_SPLITS, Results, SeedResults, measure_claims, paper_claims, score_rows
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def reproduce(
     summary = SeedResults(config_dir, out_dir, per_seed, measure_claims(list(per_seed.values()), paper_claims(members)))
     from .report import seeds_markdown
 
-    write_json(out_dir / "results.json", summary.to_dict())
+    atomic_write_json(out_dir / "results.json", summary.to_dict())
     atomic_write_text(out_dir / "results.md", seeds_markdown(summary))
     return summary
 
@@ -355,7 +355,7 @@ def _score_and_write(config_dir: Path, out_dir: Path, rows: list[Row], steps: di
     steps_run = [step for row in rows for step in steps.get(row.run_dir, [])]
     results = score_rows(finished, config_dir, out_dir, steps_run, paper=paper, ensemble_members=members, seed=seed)
     results.failures = failed
-    write_json(out_dir / "results.json", results.to_dict())
+    atomic_write_json(out_dir / "results.json", results.to_dict())
     atomic_write_text(out_dir / "results.md", results_markdown(results))
     _write_report(results, finished)
     return results

@@ -16,7 +16,6 @@ import numpy as np
 from . import bootstrap
 from . import ensemble as ens
 from . import evaluate as evaluation
-from .atomic import atomic_write_text
 from .errors import DataError
 
 # Table 1 and Table 2 of the paper (test set of MTG-Jamendo split 0). The paper prints its Table 2 short-model row as
@@ -272,18 +271,3 @@ def measure_claims(per_seed: list[Results], claims: list[Claim]) -> list[Finding
             findings.append(Finding(claim.text, metric, claim.better, claim.worse, claim.sign, float(point), low, high,
                                     bootstrap.verdict(low, high, claim.sign), paper_difference, len(per_seed)))
     return findings
-
-
-def write_json(path: Path, values: dict) -> None:
-    atomic_write_text(path, json.dumps(_finite(values), indent=2) + "\n")
-
-
-def _finite(value):
-    """JSON has no NaN: undefined metrics become null."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

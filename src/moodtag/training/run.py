@@ -31,7 +31,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from .. import __version__
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_json, atomic_write_text
 from ..config import RunConfig, save_config
 from ..data.datamodule import MoodDataModule, evaluation_loader, open_store
 from ..data.datasets import unlabelled_tracks
@@ -233,16 +233,7 @@ def _update_run_info(run_dir: Path, **values) -> None:
 
 
 def _write_run_info(run_dir: Path, info: dict) -> None:
-    atomic_write_text(run_dir / "run.json", json.dumps(_finite(info), indent=2) + "\n")
-
-
-def _finite(value):
-    """JSON has no NaN: undefined metrics become null."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    atomic_write_json(run_dir / "run.json", info)
 
 
 def _versions() -> dict:
