@@ -236,11 +236,14 @@ def _bounds(pair) -> str:
     return f" [{pair[0]:.3f}, {pair[1]:.3f}]"
 
 
+def _metrics_header() -> list[str]:
+    return ["| model | " + " | ".join(title for _, title in TABLE_METRICS) + " |", "|---" * (len(TABLE_METRICS) + 1) + "|"]
+
+
 def results_table(results: "Results", *, thresholds: str = "oracle", paper: bool = True) -> str:
     """Markdown table of Table 1 + 2 columns with 95 % bootstrap intervals in brackets; `thresholds` is "oracle" or
     "tuned"; the paper's values in parentheses."""
-    header = "| model | " + " | ".join(title for _, title in TABLE_METRICS) + " |"
-    lines = [header, "|---" * (len(TABLE_METRICS) + 1) + "|"]
+    lines = _metrics_header()
     for row in results.rows:
         metrics, intervals = getattr(row, thresholds), getattr(row, f"{thresholds}_ci")
         cells = []
@@ -327,7 +330,7 @@ def _transductive_lines(results: "Results") -> list[str]:
 def seeds_table(seed_results: "SeedResults") -> str:
     """Mean ± sd over seeds of every row's oracle test metrics."""
     summary = seed_results.summary()
-    lines = ["| model | " + " | ".join(title for _, title in TABLE_METRICS) + " |", "|---" * (len(TABLE_METRICS) + 1) + "|"]
+    lines = _metrics_header()
     for name, metrics in summary.items():
         cells = [f"{m['mean']:.4f} ± {m['sd']:.4f}" if math.isfinite(m["sd"]) else _number(m["mean"])
                  for m in (metrics[key] for key, _ in TABLE_METRICS)]
