@@ -175,3 +175,48 @@ def test_a_resumed_student_ends_as_an_uninterrupted_one(corpus, tmp_path, batchi
     train(configs["killed"], quiet=True, resume=True)
     train(configs["fresh"], quiet=True)
     assert len(metrics(tmp_path / "fresh")) == 3 and metrics(tmp_path / "killed") == metrics(tmp_path / "fresh")
+
+
+def test_inherit_weights_maps_the_teachers_layers_around_the_students_stochastic_blocks():
+    from moodtag.errors import ConfigError
+    from moodtag.models import MoodCRNN, inherit_weights, resolve_model_config
+
+    torch.manual_seed(0)
+    teacher = MoodCRNN(resolve_model_config("tiny"), 3)
+    student = MoodCRNN(resolve_model_config({"preset": "tiny", "stochastic_blocks": 2}), 3)
+    fresh = inherit_weights(student, teacher)
+    state = student.state_dict()
+    for name, value in teacher.state_dict().items():
+        parts = name.split(".")
+        if parts[1] == "convs" and int(parts[2]) > 0:
+            parts[2] = str(int(parts[2]) + 2)
+        torch.testing.assert_close(state[".".join(parts)], value, rtol=0, atol=0)
+    assert fresh and all(".convs.1." in name or ".convs.2." in name for name in fresh)
+    assert len(state) == len(teacher.state_dict()) + len(fresh)
+    with pytest.raises(ConfigError, match="gru_hidden"):
+        inherit_weights(MoodCRNN(resolve_model_config({"preset": "tiny", "gru_hidden": 8}), 3), teacher)
+
+
+class StartingWeights(Callback):
+    def on_train_start(self, trainer, module):
+        self.state = {k: v.clone() for k, v in module.model.state_dict().items()}
+
+
+@pytest.mark.slow
+def test_a_student_with_init_teacher_starts_from_the_teachers_best_weights(corpus, tmp_path):
+    from moodtag.training.run import load_model, train
+
+    teacher = student(corpus, tmp_path / "teacher")
+    teacher.student = None
+    train(teacher, quiet=True)
+    starts = {}
+    for init in ("teacher", "scratch"):
+        config = student(corpus, tmp_path / f"student-{init}", init=init)
+        config.train.seed = 1  # not the teacher's seed, so a fresh start cannot match it by chance
+        starts[init] = StartingWeights()
+        train(config, quiet=True, callbacks=[starts[init]])
+    expected = load_model(tmp_path / "teacher")[0].state_dict()
+    assert starts["teacher"].state.keys() == expected.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(starts["teacher"].state[name], value, rtol=0, atol=0)
+    assert not torch.equal(starts["scratch"].state["head.3.weight"], expected["head.3.weight"])

@@ -125,6 +125,8 @@ class StudentConfig:
     round(pool_ratio * batch_size) pool tracks) or alternate (labelled and pool epochs alternate, as the released code).
     targets: hard (labels.npz: 1 / 0 / unknown) or soft (the teacher's probabilities, predictions.npz).
     pool_size: train on the first N pool tracks only (pool order, after the left-out tracks); null = all.
+    init: scratch (a freshly initialised student, the paper's) or teacher (start from the teacher's best weights; the
+    student's extra stochastic blocks keep their fresh initialisation).
     """
 
     teacher: str
@@ -146,6 +148,7 @@ class StudentConfig:
     pool_ratio: float = 1.0
     targets: Literal["hard", "soft"] = "hard"
     pool_size: int | None = None
+    init: Literal["scratch", "teacher"] = "scratch"
 
 
 @dataclasses.dataclass

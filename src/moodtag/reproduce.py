@@ -313,7 +313,7 @@ def _run_student(row: Row, teacher: Row, quiet: bool) -> list[str]:
                 done.append(f"pseudo-label {teacher_dir.name}")
         config = dataclasses.replace(
             row.config, name=run_dir.name, run_dir=str(run_dir),
-            student=dataclasses.replace(student, pseudo_labels=str(labels_dir / "labels.npz")),
+            student=dataclasses.replace(student, teacher=teacher_dir.name, pseudo_labels=str(labels_dir / "labels.npz")),
         )
         done += _train_and_predict(config, quiet)
     return done

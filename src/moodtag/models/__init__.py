@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .blocks import GeM, ResidualConvBlock, StochasticConvBlock
-from .crnn import MODEL_PRESETS, CRNNBranch, CRNNConfig, MoodCRNN, resolve_model_config
+from .crnn import MODEL_PRESETS, CRNNBranch, CRNNConfig, MoodCRNN, inherit_weights, resolve_model_config
 
 __all__ = [
     "MODEL_PRESETS",
@@ -12,5 +12,6 @@ __all__ = [
     "MoodCRNN",
     "ResidualConvBlock",
     "StochasticConvBlock",
+    "inherit_weights",
     "resolve_model_config",
 ]

@@ -284,3 +284,32 @@ class MoodCRNN(nn.Module):
 def _check_input(name: str, x: torch.Tensor, bins: int) -> None:
     if x.dim() != 3 or x.shape[1] != bins:
         raise ValueError(f"{name} must be shaped (batch, {bins}, time), got {tuple(x.shape)}")
+
+
+def inherit_weights(student: MoodCRNN, teacher: MoodCRNN) -> list[str]:
+    """Copy a teacher's weights into a student of the same layout (`student.init: teacher`).
+
+    The student may differ only in its StochasticConvBlocks, which sit after each branch's first conv block, so the
+    teacher's later conv blocks move up by the difference in their number. Returns the student's state entries the
+    teacher had no counterpart for (its extra stochastic blocks), which keep their fresh initialisation.
+    """
+    ignored = {"stochastic_blocks", "stochastic_drop_prob", "stochastic_dropout"}
+    differ = sorted(key for key, value in student.config.to_dict().items()
+                    if key not in ignored and teacher.config.to_dict().get(key) != value)
+    if differ or student.n_tags != teacher.n_tags:
+        raise ConfigError("student.init: teacher needs the teacher's model layout and tags; they differ at "
+                          + ", ".join(differ or ["n_tags"]))
+    shift = student.config.stochastic_blocks - teacher.config.stochastic_blocks
+    state = student.state_dict()
+    inherited = {_student_name(name, shift): value for name, value in teacher.state_dict().items()}
+    state.update(inherited)
+    student.load_state_dict(state)
+    return [name for name in state if name not in inherited]
+
+
+def _student_name(name: str, shift: int) -> str:
+    """A teacher's state entry's name in a student with `shift` more stochastic blocks after each first conv block."""
+    parts = name.split(".")
+    if parts[0].endswith("_branch") and parts[1] == "convs" and int(parts[2]) > 0:
+        parts[2] = str(int(parts[2]) + shift)
+    return ".".join(parts)

@@ -37,7 +37,7 @@ from ..data.datamodule import MoodDataModule, evaluation_loader, open_store
 from ..data.datasets import unlabelled_tracks
 from ..data.splits import read_split
 from ..errors import ConfigError, DataError
-from ..models import CRNNConfig, MoodCRNN
+from ..models import CRNNConfig, MoodCRNN, inherit_weights
 from ..numerics import numerics_record, torch_threads
 from ..store import FeatureStore
 from ..predictions import write_predictions
@@ -110,6 +110,8 @@ def train(
             config.to_dict(), datamodule.tags, config.model.build_config().to_dict(), params.to_dict(),
             params.hpcp_frames_per_mel_step,
         )
+        if ckpt_path is None and config.student is not None and config.student.init == "teacher":
+            _start_from_teacher(module, config)
         precision = resolve_precision(config.train.precision, config.train.accelerator)
         trainer = _trainer(config, run_dir, precision, quiet, callbacks)
         # Lightning draws its progress bars on stdout, which belongs to results (a command's output, the demo's table).
@@ -131,6 +133,16 @@ def _existing_pseudo_labels(config: RunConfig) -> Path | None:
         raise DataError(f"{path}: pseudo-labels of teacher {config.student.teacher} not found; "
                         f"run `moodtag pseudo-label` on the teacher's run first")
     return path
+
+
+def _start_from_teacher(module: TaggingModule, config: RunConfig) -> None:
+    """`student.init: teacher`: the student starts from its teacher's best weights."""
+    teacher_dir = teacher_run_dir(config)
+    teacher, _, tags = load_model(teacher_dir)
+    if tags != module.tags:
+        raise ConfigError(f"{config.name}: student.init: teacher needs the teacher's tags; {teacher_dir} has others")
+    fresh = inherit_weights(module.model, teacher)
+    log.info("%s: starting from %s's best weights (%d entries left fresh)", config.name, teacher_dir, len(fresh))
 
 
 def _prepare_run_dir(config: RunConfig, run_dir: Path, resume: bool) -> dict:
