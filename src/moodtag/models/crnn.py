@@ -286,12 +286,15 @@ def _check_input(name: str, x: torch.Tensor, bins: int) -> None:
         raise ValueError(f"{name} must be shaped (batch, {bins}, time), got {tuple(x.shape)}")
 
 
-def inherit_weights(student: MoodCRNN, teacher: MoodCRNN) -> list[str]:
+def inherit_weights(student: MoodCRNN, teacher: MoodCRNN, mel: torch.Tensor | None = None,
+                    hpcp: torch.Tensor | None = None) -> list[str]:
     """Copy a teacher's weights into a student of the same layout (`student.init: teacher`).
 
     The student may differ only in its StochasticConvBlocks, which sit after each branch's first conv block, so the
-    teacher's later conv blocks move up by the difference in their number. Returns the student's state entries the
-    teacher had no counterpart for (its extra stochastic blocks), which keep their fresh initialisation.
+    teacher's later conv blocks move up by the difference in their number. With example inputs (`mel`, `hpcp` as
+    forward takes them) the student's extra blocks start as the identity on the activations those inputs give
+    (`_identity_blocks`), so the student begins as its teacher; without, they keep their fresh initialisation.
+    Returns the student's state entries the teacher had no counterpart for.
     """
     ignored = {"stochastic_blocks", "stochastic_drop_prob", "stochastic_dropout"}
     differ = sorted(key for key, value in student.config.to_dict().items()
@@ -304,7 +307,31 @@ def inherit_weights(student: MoodCRNN, teacher: MoodCRNN) -> list[str]:
     inherited = {_student_name(name, shift): value for name, value in teacher.state_dict().items()}
     state.update(inherited)
     student.load_state_dict(state)
+    if mel is not None and shift > 0:
+        _identity_blocks(student.mel_branch, mel, shift)
+        if student.hpcp_branch is not None:
+            _identity_blocks(student.hpcp_branch, hpcp, shift)
     return [name for name in state if name not in inherited]
+
+
+@torch.no_grad()
+def _identity_blocks(branch: CRNNBranch, x: torch.Tensor, count: int) -> None:
+    """Net2DeeperNet (Chen et al., ICLR 2016) for the `count` blocks after the first conv block: a 3x3 identity
+    kernel, and batch norm whose affine step undoes its normalisation of the activations `x` leads to (their mean and
+    variance per channel, also its running statistics). The first block's output is positive (GeM clamps it), so the
+    ReLU keeps it too, and each block returns what it is given (exactly in evaluation, up to the batch's statistics
+    in training)."""
+    first, training = branch.convs[0], branch.convs[0].training
+    h = first.eval()(x.unsqueeze(1))  # evaluation mode: leaves the inherited running statistics alone
+    first.train(training)
+    mean, var = h.mean(dim=(0, 2, 3)), h.var(dim=(0, 2, 3), unbiased=False)
+    for block in branch.convs[1:1 + count]:
+        conv, norm = block.block[0], block.block[1]
+        nn.init.dirac_(conv.weight)
+        norm.running_mean.copy_(mean)
+        norm.running_var.copy_(var)
+        norm.weight.copy_(torch.sqrt(var + norm.eps))
+        norm.bias.copy_(mean)
 
 
 def _student_name(name: str, shift: int) -> str:

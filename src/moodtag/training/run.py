@@ -111,7 +111,7 @@ def train(
             params.hpcp_frames_per_mel_step,
         )
         if ckpt_path is None and config.student is not None and config.student.init == "teacher":
-            _start_from_teacher(module, config)
+            _start_from_teacher(module, config, datamodule)
         precision = resolve_precision(config.train.precision, config.train.accelerator)
         trainer = _trainer(config, run_dir, precision, quiet, callbacks)
         # Lightning draws its progress bars on stdout, which belongs to results (a command's output, the demo's table).
@@ -135,14 +135,20 @@ def _existing_pseudo_labels(config: RunConfig) -> Path | None:
     return path
 
 
-def _start_from_teacher(module: TaggingModule, config: RunConfig) -> None:
-    """`student.init: teacher`: the student starts from its teacher's best weights."""
+def _start_from_teacher(module: TaggingModule, config: RunConfig, datamodule: MoodDataModule) -> None:
+    """`student.init: teacher`: the student starts as its teacher (best weights; its extra stochastic blocks the
+    identity on the first labelled tracks' activations)."""
     teacher_dir = teacher_run_dir(config)
     teacher, _, tags = load_model(teacher_dir)
     if tags != module.tags:
         raise ConfigError(f"{config.name}: student.init: teacher needs the teacher's tags; {teacher_dir} has others")
-    fresh = inherit_weights(module.model, teacher)
-    log.info("%s: starting from %s's best weights (%d entries left fresh)", config.name, teacher_dir, len(fresh))
+    datamodule.setup("fit")
+    labelled = datamodule.train_tracks[: datamodule.n_labelled]
+    batch = next(iter(evaluation_loader(labelled, config.data, use_hpcp=datamodule.use_hpcp, num_workers=0,
+                                        hpcp_frames_per_step=datamodule.hpcp_frames_per_step, batch_size=32)))
+    fresh = inherit_weights(module.model, teacher, batch["mel"], batch.get("hpcp"))
+    log.info("%s: starting from %s's best weights (%d entries initialised as identity blocks)", config.name,
+             teacher_dir, len(fresh))
 
 
 def _prepare_run_dir(config: RunConfig, run_dir: Path, resume: bool) -> dict:
