@@ -37,7 +37,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .audio import resample
+from .audio import downmix, resample
 from .bundle import Bundle, MemberRunner, load_bundle
 from .data.datasets import chunk_count, crop
 from .errors import AudioError, MoodtagError
@@ -352,8 +352,8 @@ def _is_binary_non_audio(path: Path) -> bool:
 def _mono(audio, sample_rate: int, target_rate: int) -> np.ndarray:
     """(n,) or (n, channels) samples -> mono float32 at `target_rate`."""
     signal = np.asarray(audio, dtype=np.float32)
-    if signal.ndim == 2:
-        signal = signal.mean(axis=1)
+    if signal.ndim == 2 and signal.shape[1] > 0:
+        signal = downmix(signal)
     if signal.ndim != 1 or signal.size == 0:
         raise AudioError("<array>", f"expected (n_samples,) or (n_samples, channels) audio, got shape {np.shape(audio)}")
     if not np.all(np.isfinite(signal)):
