@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from moodtag.features import mel as mel_module
-from moodtag.features.mel import MelFrontEnd, log_mel_spectrogram, n_mel_steps
+from moodtag.features.mel import MelFrontEnd, log_mel_spectrogram, mel_filters, n_mel_steps
 from moodtag.features.params import FeatureParams
 
 librosa = pytest.importorskip("librosa")
@@ -25,6 +25,15 @@ def reference(audio: np.ndarray, params: FeatureParams = FeatureParams()) -> np.
     steps = -(-power.shape[1] // params.time_pool)
     pooled = np.stack([power[:, t * 10 : t * 10 + 10].mean(axis=1) for t in range(steps)], axis=1)
     return np.log1p(pooled) / 9.6
+
+
+@pytest.mark.parametrize("changes", [{}, {"fmin": 30.0, "fmax": 16000.0}, {"n_mels": 96, "n_fft": 1024},
+                                     {"sample_rate": 22050, "fmax": 11025.0}])
+def test_filter_bank_is_librosas_to_the_last_bit(changes):
+    params = FeatureParams.from_dict({**FeatureParams().to_dict(), **changes})
+    expected = librosa.filters.mel(sr=params.sample_rate, n_fft=params.n_fft, n_mels=params.n_mels, fmin=params.fmin,
+                                   fmax=params.fmax)
+    np.testing.assert_array_equal(mel_filters(params), expected)
 
 
 def tone(freq: float, seconds: float, amplitude: float = 0.5) -> np.ndarray:

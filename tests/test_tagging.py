@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -247,6 +249,18 @@ def test_cli_writes_jsonl_to_stdout_when_piped(ensemble, tmp_path, capsys):
     (tmp_path / "cover.jpg").write_bytes(b"\xff\xd8\xff\xe0\0\x10JFIF\0")
     assert main(["tag", str(tmp_path / "cover.jpg"), "--model", str(ensemble), "--workers", "0", "-q"]) == 1
     assert "cover.jpg: neither an audio file" in capsys.readouterr().err
+
+
+def test_tag_command_starts_its_workers_before_importing_torch(ensemble, tmp_path):
+    """Everything `moodtag tag` does before its feature workers start (parse, load and check the bundle, find the
+    files) imports no torch, Lightning or librosa, so the workers decode while the model loads."""
+    write_audio(tmp_path / "a.wav", tone(1.0))
+    script = ("import sys; from moodtag.cli import build_parser; from moodtag.tagging import Tagger, find_audio; "
+              "build_parser(); Tagger.load(sys.argv[1]); find_audio([sys.argv[2]]); "
+              "print(sorted(m for m in ('torch', 'lightning', 'librosa', 'onnxruntime') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script, str(ensemble), str(tmp_path)], capture_output=True,
+                          text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 @pytest.mark.slow

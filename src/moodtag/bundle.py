@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -95,11 +96,19 @@ class Bundle:
         return decide(np.atleast_2d(probabilities), self.thresholds).reshape(probabilities.shape)
 
     def runners(self, backend: str = "auto", device: str = "cpu") -> list["MemberRunner"]:
-        """Callables running each member on `device` ("cpu", "cuda", "cuda:N"): with PyTorch, with onnxruntime, or
-        "auto": onnxruntime when every member has an ONNX model and onnxruntime runs on the device (2-3x faster on
-        CPU, see benchmarks/tagging.py), else PyTorch.
+        """Callables running each member on `device` ("cpu", "cuda", "cuda:N"), with the backend that
+        `resolve_backend` chooses."""
+        backend = self.resolve_backend(backend, device)
+        build = _torch_runner if backend == "torch" else _onnx_runner
+        return [MemberRunner(member, build(self, member, device)) for member in self.members]
 
-        Raises ConfigError for an unknown backend or device, or a CUDA device that neither runtime can use.
+    def resolve_backend(self, backend: str = "auto", device: str = "cpu") -> str:
+        """"torch" or "onnx" for `backend` on `device`, checked without loading a model: "auto" is onnxruntime when
+        every member has an ONNX model and onnxruntime runs on the device (2-3x faster on CPU, see
+        benchmarks/tagging.py), else PyTorch.
+
+        Raises ConfigError for an unknown backend or device, or a CUDA device that the backend cannot use;
+        BundleError when "onnx" is asked of a bundle without ONNX models or without onnxruntime installed.
         """
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
@@ -108,13 +117,19 @@ class Bundle:
             backend = "onnx" if self.has_onnx(device) else "torch"
         if backend == "torch":
             _check_torch_device(device)
-        build = _torch_runner if backend == "torch" else _onnx_runner
-        return [MemberRunner(member, build(self, member, device)) for member in self.members]
+            return backend
+        missing = [member.name for member in self.members if not member.onnx]
+        if missing:
+            raise BundleError(f"{self.root}: member {missing[0]!r} has no ONNX model (export with --onnx)")
+        if importlib.util.find_spec("onnxruntime") is None:
+            raise BundleError("the ONNX backend needs onnxruntime: pip install 'moodtag[onnx]'")
+        if device != "cpu" and _ONNX_CUDA not in _onnx_providers():
+            raise ConfigError(f"device {device}: this onnxruntime has no CUDA provider (pip install onnxruntime-gpu), "
+                              "or use --backend torch")
+        return backend
 
     def has_onnx(self, device: str = "cpu") -> bool:
         """Every member has an ONNX model and onnxruntime is installed, with a CUDA provider for a CUDA device."""
-        import importlib.util
-
         if not all(m.onnx for m in self.members) or importlib.util.find_spec("onnxruntime") is None:
             return False
         return device == "cpu" or _ONNX_CUDA in _onnx_providers()
@@ -153,10 +168,10 @@ def _check_device_name(device: str) -> str:
 
 
 def _check_torch_device(device: str) -> None:
-    import torch
-
     if device == "cpu":
         return
+    import torch
+
     if not torch.cuda.is_available():
         raise ConfigError(f"device {device}: PyTorch sees no CUDA GPU (a CPU-only build, or no driver); "
                           "use --device cpu")
@@ -185,22 +200,14 @@ def _torch_runner(bundle: Bundle, member: Member, device: str = "cpu") -> Callab
 
 
 def _onnx_runner(bundle: Bundle, member: Member, device: str = "cpu") -> Callable:
-    if member.onnx is None:
-        raise BundleError(f"{bundle.root}: member {member.name!r} has no ONNX model (export with --onnx)")
-    try:
-        import onnxruntime
-    except ImportError:
-        raise BundleError("the ONNX backend needs onnxruntime: pip install 'moodtag[onnx]'") from None
+    """Called after `Bundle.resolve_backend` accepted the ONNX backend on `device`."""
+    import onnxruntime
     import torch
 
-    if device == "cpu":
-        providers = ["CPUExecutionProvider"]
-    elif _ONNX_CUDA in _onnx_providers():
-        providers = [(_ONNX_CUDA, {"device_id": int(device.partition(":")[2] or 0)}), "CPUExecutionProvider"]
-    else:
-        raise ConfigError(f"device {device}: this onnxruntime has no CUDA provider (pip install onnxruntime-gpu), "
-                          "or use --backend torch")
-    session = onnxruntime.InferenceSession(str(bundle.root / member.onnx), providers=providers)
+    providers = ["CPUExecutionProvider"]
+    if device != "cpu":
+        providers.insert(0, (_ONNX_CUDA, {"device_id": int(device.partition(":")[2] or 0)}))
+    session = onnxruntime.InferenceSession(str(bundle.root / member.onnx), _onnx_options(), providers=providers)
 
     def forward(mel, hpcp):
         feeds = {"mel": mel.numpy()}
@@ -209,6 +216,20 @@ def _onnx_runner(bundle: Bundle, member: Member, device: str = "cpu") -> Callabl
         return torch.from_numpy(session.run(["logits"], feeds)[0])
 
     return forward
+
+
+def _onnx_options():
+    """One thread, run sequentially, never spinning: the tagger's feature workers keep the other cores busy, and
+    onnxruntime's default (a pool of spinning threads, one per core) took CPU from them. On the loaded 2-core
+    machine one thread also ran the paper-size ensemble faster than the default on its own (benchmarks/tagging.py)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from lightning.pytorch.callbacks import Callback
 
 from .atomic import atomic_write_text
 from .config import load_config
@@ -204,18 +203,24 @@ def _ensemble_row(name: str, run_dir: Path, entries: dict[str, dict]) -> dict:
             "track_cpu_seconds": short["track_cpu_seconds"] + long["track_cpu_seconds"]}
 
 
-class _StepTimer(Callback):
-    """(wall, process CPU) seconds of each training step: forward, backward and optimiser step."""
+def _step_timer():
+    """A Lightning callback recording (wall, process CPU) seconds of each training step (forward, backward and
+    optimiser step) in `.seconds`. Lightning is imported here, not with the module: every `moodtag` command builds
+    its parser from this module's DEFAULT_TRACKS, and importing Lightning took 4 s of each command's start-up."""
+    from lightning.pytorch.callbacks import Callback
 
-    def __init__(self):
-        self.seconds: list[tuple[float, float]] = []
-        self._start = (0.0, 0.0)
+    class StepTimer(Callback):
+        def __init__(self):
+            self.seconds: list[tuple[float, float]] = []
+            self._start = (0.0, 0.0)
 
-    def on_train_batch_start(self, *args) -> None:
-        self._start = (time.perf_counter(), time.process_time())
+        def on_train_batch_start(self, *args) -> None:
+            self._start = (time.perf_counter(), time.process_time())
 
-    def on_train_batch_end(self, *args) -> None:
-        self.seconds.append((time.perf_counter() - self._start[0], time.process_time() - self._start[1]))
+        def on_train_batch_end(self, *args) -> None:
+            self.seconds.append((time.perf_counter() - self._start[0], time.process_time() - self._start[1]))
+
+    return StepTimer()
 
 
 def measure_row(run_dir: str) -> dict:
@@ -257,7 +262,7 @@ def _training_step_seconds(config) -> tuple[float, float]:
     params = datamodule.store.params
     module = TaggingModule(config.to_dict(), datamodule.tags, config.model.build_config().to_dict(), params.to_dict(),
                            params.hpcp_frames_per_mel_step)
-    timer = _StepTimer()
+    timer = _step_timer()
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")  # inside Lightning, not ours
     with tempfile.TemporaryDirectory() as scratch:

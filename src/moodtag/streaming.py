@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import PYAV_EXTENSIONS, load_audio
+from .audio import PYAV_EXTENSIONS, downmix, load_audio
 from .errors import AudioError
 from .features import FeatureParams, TrackFeatures, compute_features
 
@@ -106,7 +106,7 @@ def _resampled_blocks(path: Path, sample_rate: int):
             if f.samplerate != sample_rate:
                 resampler = soxr.ResampleStream(f.samplerate, sample_rate, 1, dtype="float32", quality="HQ")
             for block in f.blocks(_READ_FRAMES, dtype="float32", always_2d=True):
-                mono = block.mean(axis=1)
+                mono = downmix(block)
                 if not np.all(np.isfinite(mono)):
                     raise AudioError(path, "decoded samples contain NaN or infinity")
                 yield mono if resampler is None else resampler.resample_chunk(mono)

@@ -37,9 +37,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .audio import resample
+from .audio import downmix, resample
 from .bundle import Bundle, MemberRunner, load_bundle
-from .data.datasets import chunk_count, crop
 from .errors import AudioError, MoodtagError
 from .features import TrackFeatures, compute_features
 from .streaming import file_features
@@ -105,6 +104,8 @@ def chunk_windows(n_steps: int, chunk_steps: int) -> list[tuple[int, int]]:
     Consecutive non-overlapping chunks, the tail shorter than a chunk dropped; a track shorter than one chunk gives
     the single (zero-padded) window (0, chunk_steps).
     """
+    from .data.datasets import chunk_count
+
     count = chunk_count(n_steps, chunk_steps)
     return [(i * chunk_steps, (i + 1) * chunk_steps) for i in range(count)]
 
@@ -134,8 +135,17 @@ class Tagger:
         if top_k < 0:
             raise MoodtagError(f"top_k must be 0 or more, got {top_k}")
         self.bundle = bundle
-        self.runners: list[MemberRunner] = bundle.runners(backend, device)
         self.top_k = top_k
+        # Checked now, built on first use: `tag_many` loads the models while its workers decode the first tracks.
+        self._backend, self._device = bundle.resolve_backend(backend, device), device
+        self._runners: list[MemberRunner] | None = None
+
+    @property
+    def runners(self) -> list[MemberRunner]:
+        """Each member's model, loaded on first use."""
+        if self._runners is None:
+            self._runners = self.bundle.runners(self._backend, self._device)
+        return self._runners
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, backend: str = "auto", top_k: int = DEFAULT_TOP_K,
@@ -180,13 +190,24 @@ class Tagger:
         """
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
-        for path, outcome in iter_features(paths, self.bundle, workers=workers):
+        outcomes = iter_features(paths, self.bundle, workers=workers, while_waiting=self._warm_up)
+        for path, outcome in outcomes:
             if isinstance(outcome, str):
                 if on_error is None:
                     raise AudioError(path, outcome)
                 on_error(path, outcome)
                 continue
             yield self.tag_features(outcome, path=path, timeline=timeline)
+
+    def _warm_up(self) -> None:
+        """Load the models and tag one chunk of silence: a process's first run pays one-off costs (≈1 s for the
+        paper-size ensemble on 2 cores), which `tag_many` thereby pays while its workers decode the first tracks."""
+        params = self.bundle.feature_params
+        steps = self.bundle.chunk_steps
+        frames = round(steps * params.hpcp_frames_per_mel_step)
+        silence = TrackFeatures(np.zeros((params.n_mels, steps), np.float32), np.zeros((params.hpcp_size, frames),
+                                np.float32), steps * params.mel_step_seconds, params.sample_rate, params.hash)
+        self.tag_features(silence)
 
     def tag_features(self, features: TrackFeatures, *, path: str | None = None, timeline: bool = False) -> TagResult:
         """Tag precomputed features (mel (n_mels, T), hpcp (12, T')) of one track."""
@@ -241,6 +262,8 @@ class Tagger:
         """Model inputs for step windows, cut as training cuts them (`moodtag.data.datasets.crop`, zero-padded)."""
         import torch
 
+        from .data.datasets import crop
+
         ratio = self.bundle.feature_params.hpcp_frames_per_mel_step
         batch = {"mel": torch.from_numpy(np.stack([crop(mel, start, stop - start) for start, stop in windows]))}
         if runner.use_hpcp:
@@ -283,17 +306,21 @@ def track_features(path: str | os.PathLike, bundle: Bundle) -> TrackFeatures:
 
 
 def iter_features(
-    paths: Iterable[str | os.PathLike], bundle: Bundle, *, workers: int = 0
+    paths: Iterable[str | os.PathLike], bundle: Bundle, *, workers: int = 0,
+    while_waiting: Callable[[], object] | None = None,
 ) -> Iterator[tuple[str, TrackFeatures | str]]:
     """(path, features or the reason it failed) per path, in order; `workers` > 0 decodes in that many processes.
 
     At most 2 x workers tracks are in flight, so a slow model never lets decoded tracks pile up in memory. When a
     worker dies (a crashing decoder, the out-of-memory killer), the tracks in flight are retried in a fresh pool, and
-    a track in flight at two crashes is reported as failed.
+    a track in flight at two crashes is reported as failed. `while_waiting` is called once, after the first tracks
+    went to the workers and before waiting for them (in-process: before the first track), e.g. to load a model.
     """
     params = bundle.feature_params
     queue = collections.deque(str(p) for p in paths)
     if workers <= 0:
+        if queue and while_waiting is not None:
+            while_waiting()
         for path in queue:
             yield path, _features_job(path, params)
         return
@@ -307,6 +334,9 @@ def iter_features(
                     while queue and len(pending) < 2 * workers:
                         path = queue.popleft()
                         pending.append((path, pool.submit(_features_job, path, params)))
+                    if while_waiting is not None:
+                        while_waiting()
+                        while_waiting = None
                     outcome = pending[0][1].result()
                     yield pending.popleft()[0], outcome
             except BrokenProcessPool:
@@ -352,8 +382,8 @@ def _is_binary_non_audio(path: Path) -> bool:
 def _mono(audio, sample_rate: int, target_rate: int) -> np.ndarray:
     """(n,) or (n, channels) samples -> mono float32 at `target_rate`."""
     signal = np.asarray(audio, dtype=np.float32)
-    if signal.ndim == 2:
-        signal = signal.mean(axis=1)
+    if signal.ndim == 2 and signal.shape[1] > 0:
+        signal = downmix(signal)
     if signal.ndim != 1 or signal.size == 0:
         raise AudioError("<array>", f"expected (n_samples,) or (n_samples, channels) audio, got shape {np.shape(audio)}")
     if not np.all(np.isfinite(signal)):

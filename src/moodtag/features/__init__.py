@@ -1,13 +1,17 @@
-"""Per-track features: the paper's mel spectrogram and HPCP, computed from mono 44.1 kHz audio."""
+"""Per-track features: the paper's mel spectrogram and HPCP, computed from mono 44.1 kHz audio.
+
+The feature functions are imported on first use: the mel front end loads torch, which a process that only reads
+feature parameters or starts the tagger's workers should not wait for.
+"""
 from __future__ import annotations
 
 import dataclasses
 
 import numpy as np
 
-from .hpcp import hpcpgram
-from .mel import log_mel_spectrogram
 from .params import FeatureParams
+
+_LAZY = {"hpcpgram": "hpcp", "log_mel_spectrogram": "mel"}
 
 
 @dataclasses.dataclass
@@ -28,6 +32,9 @@ class TrackFeatures:
 
 def compute_features(audio: np.ndarray, params: FeatureParams = FeatureParams(), *, device: str = "cpu") -> TrackFeatures:
     """Mel and HPCP of one mono float32 signal sampled at `params.sample_rate`."""
+    from .hpcp import hpcpgram
+    from .mel import log_mel_spectrogram
+
     return TrackFeatures(
         mel=log_mel_spectrogram(audio, params=params, device=device),
         hpcp=hpcpgram(audio, params=params),
@@ -35,6 +42,14 @@ def compute_features(audio: np.ndarray, params: FeatureParams = FeatureParams(),
         sample_rate=params.sample_rate,
         feature_hash=params.hash,
     )
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
 
 
 __all__ = ["FeatureParams", "TrackFeatures", "compute_features", "hpcpgram", "log_mel_spectrogram"]

@@ -2,7 +2,9 @@
 
 Frames: Hann window (periodic), n_fft 2048, hop 512, centred with reflect padding, so a signal of N samples has
 1 + N // 512 STFT frames (librosa's count). Bands: 128 Slaney-scale triangles with Slaney area normalisation over
-0–22050 Hz, taken from `librosa.filters.mel` so the bank is librosa's to the last bit.
+0–22050 Hz, `mel_filters`: librosa.filters.mel's arithmetic step for step, so the bank is librosa's to the last bit
+(tests/test_mel.py compares them) without importing librosa, whose scipy.signal import cost every tagging worker
+more than a second before its first track.
 
 Pooling: frames are averaged in non-overlapping groups of `time_pool` (10). A trailing partial group is averaged
 over the frames it has (PyTorch's `avg_pool1d(..., ceil_mode=True)`), so the end of the track is kept and any
@@ -33,15 +35,10 @@ class MelFrontEnd(nn.Module):
 
     def __init__(self, params: FeatureParams = FeatureParams()):
         super().__init__()
-        import librosa  # lazily: its import is slow and only the filter bank is needed
-
         if params.log_compression != "log1p":
             raise ValueError(f"unsupported log_compression {params.log_compression!r} (only 'log1p')")
         self.params = params
-        basis = librosa.filters.mel(
-            sr=params.sample_rate, n_fft=params.n_fft, n_mels=params.n_mels, fmin=params.fmin, fmax=params.fmax
-        )
-        self.register_buffer("mel_basis", torch.from_numpy(basis.astype(np.float32)), persistent=False)
+        self.register_buffer("mel_basis", torch.from_numpy(mel_filters(params)), persistent=False)
         self.register_buffer("window", torch.hann_window(params.n_fft, periodic=True), persistent=False)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
@@ -64,6 +61,37 @@ class MelFrontEnd(nn.Module):
 
     def compress(self, pooled: torch.Tensor) -> torch.Tensor:
         return torch.log1p(pooled) / self.params.mel_divisor
+
+
+def mel_filters(params: FeatureParams = FeatureParams()) -> np.ndarray:
+    """(n_mels, 1 + n_fft // 2) float32 Slaney mel filter bank with Slaney normalisation, equal to
+    `librosa.filters.mel(sr=..., n_fft=..., n_mels=..., fmin=..., fmax=...)` (its float64 steps, in its order)."""
+    fft_hz = np.fft.rfftfreq(n=params.n_fft, d=1.0 / params.sample_rate)
+    mels = np.linspace(_hz_to_slaney_mel(params.fmin), _hz_to_slaney_mel(params.fmax), params.n_mels + 2)
+    band_hz = _slaney_mel_to_hz(mels)
+    widths = np.diff(band_hz)
+    ramps = np.subtract.outer(band_hz, fft_hz)
+    weights = np.zeros((params.n_mels, len(fft_hz)), np.float32)
+    for i in range(params.n_mels):
+        weights[i] = np.maximum(0, np.minimum(-ramps[i] / widths[i], ramps[i + 2] / widths[i + 1]))
+    weights *= (2.0 / (band_hz[2:] - band_hz[: params.n_mels]))[:, np.newaxis]
+    return weights
+
+
+# Slaney's mel scale: linear below 1 kHz (200/3 Hz per mel), logarithmic above (27 mels per factor 6.4).
+_MEL_HZ, _LOG_HZ, _LOG_STEP = 200.0 / 3, 1000.0, np.log(6.4) / 27.0
+_LOG_MEL = _LOG_HZ / _MEL_HZ
+
+
+def _hz_to_slaney_mel(hz: float) -> float:
+    return _LOG_MEL + np.log(hz / _LOG_HZ) / _LOG_STEP if hz >= _LOG_HZ else hz / _MEL_HZ
+
+
+def _slaney_mel_to_hz(mels: np.ndarray) -> np.ndarray:
+    hz = _MEL_HZ * mels
+    log = mels >= _LOG_MEL
+    hz[log] = _LOG_HZ * np.exp(_LOG_STEP * (mels[log] - _LOG_MEL))
+    return hz
 
 
 _FRONT_ENDS: dict[tuple[FeatureParams, str], MelFrontEnd] = {}
