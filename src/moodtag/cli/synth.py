@@ -13,8 +13,9 @@ def register(subparsers) -> None:
     parser = add_command(subparsers, "synth", help="generate the synthetic mood corpus (the default data set)", run=run)
     parser.add_argument("--out", required=True, metavar="DIR", help="corpus folder (created; a rerun resumes)")
     parser.add_argument("--preset", default="demo", choices=tuple(PRESETS),
-                        help="size and durations: tiny (96 short tracks, for tests), demo (300 labelled + 600 "
-                             "unlabelled), large (10x demo); default: demo")
+                        help="size and durations: "
+                             + ", ".join(f"{name} ({p.n_labelled} labelled + {p.n_unlabelled} unlabelled)"
+                                         for name, p in PRESETS.items()) + "; default: demo")
     parser.add_argument("--seed", type=int, default=0, help="corpus seed (default: 0)")
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="processes rendering audio (default: 1)")
     parser.add_argument("--labelled", type=int, metavar="N", help="labelled tracks (default: the preset's)")
