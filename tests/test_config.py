@@ -128,6 +128,7 @@ def test_every_demo_config_trains_one_tiny_batch_on_cpu(tmp_path, restore_thread
     from tagged_corpus import TAGS, write_tagged_corpus
 
     torch.set_num_threads(1)  # restored by the fixture; tiny models are fastest on one thread
+    from moodtag.training import pseudo_label as pl
     from moodtag.training.run import predict_split, pseudo_labels_path, train
 
     corpus = write_tagged_corpus(tmp_path / "corpus", {"train": 6, "validation": 4, "test": 2, "unlabelled": 2},
@@ -139,10 +140,9 @@ def test_every_demo_config_trains_one_tiny_batch_on_cpu(tmp_path, restore_thread
             "train.accelerator=cpu",
         ])
         if config.student is not None:
-            labels = pseudo_labels_path(config)
-            labels.parent.mkdir(parents=True, exist_ok=True)
-            targets = np.array([[1, np.nan, 0], [np.nan] * 3], np.float32)
-            np.savez(labels, track_ids=np.array(["unlabelled_000", "unlabelled_001"]), tags=np.array(TAGS), targets=targets)
+            # The teacher's logits and labels as pseudo-labelling writes them (soft targets read the logits).
+            pl.write_pseudo_labels(pseudo_labels_path(config).parent, ["unlabelled_000", "unlabelled_001"],
+                                   np.array([[3.0, 0.0, -3.0], [0.5, -0.5, 0.0]]), pl.fixed_thresholds(TAGS))
         run_dir = train(config, quiet=True)
         info = json.loads((run_dir / "run.json").read_text())
         assert info["status"] == "completed" and info["epochs"] == 1, row
