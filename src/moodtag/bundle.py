@@ -26,17 +26,13 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import __version__
-from .errors import ConfigError, DataError, MoodtagError
+from .errors import BundleError, ConfigError, DataError  # noqa: F401  (BundleError is part of this module's API)
 from .features.params import FeatureParams
 
 BUNDLE_FILE = "bundle.json"
 BUNDLE_FORMAT = 1
 MODES = ("long", "short")
 BACKENDS = ("auto", "torch", "onnx")
-
-
-class BundleError(MoodtagError):
-    """A bundle is missing, malformed or incompatible with this moodtag."""
 
 
 @dataclasses.dataclass

@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import hashlib
 import logging
 import multiprocessing
 import os
@@ -27,8 +26,9 @@ import numpy as np
 
 from .audio import AUDIO_EXTENSIONS, load_audio
 from .data.splits import HEADER, read_split
-from .errors import AudioError, ConfigError, DataError, MoodtagError
+from .errors import AudioError, DataError, MoodtagError
 from .features import FeatureParams, compute_features
+from .pool import check_shard, parse_shard, shard_of  # noqa: F401  (parse_shard, shard_of: part of this module's API)
 from .store import FeatureStore, IndexRecord, validate_track_id, write_failures
 
 logger = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def extract(
         ExtractSummary; its `failures` are also written to `failures.tsv` (per shard) in the store.
     """
     start = time.perf_counter()
-    index, count = _check_shard(shard)
+    index, count = check_shard(shard)
     tracks, rejected = discover(inputs, audio_root=audio_root)
     tracks = [t for t in tracks if shard_of(t.track_id, count) == index]
     store = FeatureStore.create(out_dir, params)
@@ -232,42 +232,6 @@ def _pool_results(tracks: list[Track], workers: int, task) -> Iterator[IndexReco
                         yield _failed(track, "worker process died on this file (decoder crash or out of memory)")
                     else:
                         queue.appendleft(track)
-
-
-def shard_of(track_id: str, count: int) -> int:
-    """The shard (0..count-1) a track belongs to: a stable hash of its id, the same on every machine and run."""
-    digest = hashlib.sha1(track_id.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % count
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """"i/N" -> (i, N); "auto" reads RANK/WORLD_SIZE (torchrun) or SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT."""
-    if text == "auto":
-        return _shard_from_environment()
-    index, sep, count = text.partition("/")
-    try:
-        if not sep:
-            raise ValueError
-        return _check_shard((int(index), int(count)))
-    except ValueError:
-        raise ConfigError(f"--shard {text!r}: expected i/N with 0 <= i < N, e.g. 0/4, or 'auto'") from None
-
-
-def _shard_from_environment() -> tuple[int, int]:
-    launchers = (("RANK", "WORLD_SIZE"), ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT"),
-                 ("SLURM_PROCID", "SLURM_NTASKS"))
-    for rank, size in launchers:
-        if rank in os.environ and size in os.environ:
-            offset = int(os.environ.get("SLURM_ARRAY_TASK_MIN", 0)) if rank == "SLURM_ARRAY_TASK_ID" else 0
-            return _check_shard((int(os.environ[rank]) - offset, int(os.environ[size])))
-    raise ConfigError("--shard auto: none of RANK/WORLD_SIZE, SLURM_ARRAY_TASK_ID/COUNT, SLURM_PROCID/NTASKS is set")
-
-
-def _check_shard(shard: tuple[int, int]) -> tuple[int, int]:
-    index, count = shard
-    if count < 1 or not 0 <= index < count:
-        raise ConfigError(f"shard {index}/{count}: expected 0 <= i < N")
-    return index, count
 
 
 def discover(

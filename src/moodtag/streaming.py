@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio import PYAV_EXTENSIONS, downmix, load_audio
-from .errors import AudioError
+from .errors import AudioError, FeatureError
 from .features import FeatureParams, TrackFeatures, compute_features
 
 # Files longer than this are streamed; shorter ones go through load_audio (whose checks every command shares).
@@ -62,7 +62,7 @@ def _duration(path: Path) -> float | None:
 def streamed_features(path: Path, params: FeatureParams, *, segment_samples: int = SEGMENT_SAMPLES) -> TrackFeatures:
     """`compute_features` of the whole file, computed one segment at a time (see the module docstring)."""
     if segment_samples % GRID_SAMPLES:
-        raise ValueError(f"segment_samples must be a multiple of {GRID_SAMPLES}")
+        raise FeatureError(f"segment_samples must be a multiple of {GRID_SAMPLES}")
     mel_parts, hpcp_parts = [], []
     buffer = np.zeros(0, np.float32)
     offset = 0  # index in the track of buffer[0]

@@ -41,6 +41,7 @@ from .audio import downmix, resample
 from .bundle import Bundle, MemberRunner, load_bundle
 from .errors import AudioError, MoodtagError
 from .features import TrackFeatures, compute_features
+from .predictions import sigmoid
 from .streaming import file_features
 
 log = logging.getLogger(__name__)
@@ -251,12 +252,12 @@ class Tagger:
             batch = self._inputs(runner, mel, hpcp, [(0, runner.steps)])
         track = track_logits(runner, batch, MAX_CHUNKS_PER_BATCH)[0].numpy()
         if not windows:
-            return _sigmoid(track), None
+            return sigmoid(track), None
         pieces = []
         for first in range(0, len(windows), MAX_CHUNKS_PER_BATCH):
             inputs = self._inputs(runner, mel, hpcp, windows[first : first + MAX_CHUNKS_PER_BATCH])
             pieces.append(runner(inputs["mel"], inputs.get("hpcp")).numpy())
-        return _sigmoid(track), _sigmoid(np.concatenate(pieces))
+        return sigmoid(track), sigmoid(np.concatenate(pieces))
 
     def _inputs(self, runner: MemberRunner, mel, hpcp, windows) -> dict:
         """Model inputs for step windows, cut as training cuts them (`moodtag.data.datasets.crop`, zero-padded)."""
@@ -391,10 +392,6 @@ def _mono(audio, sample_rate: int, target_rate: int) -> np.ndarray:
     if sample_rate <= 0:
         raise AudioError("<array>", f"invalid sample rate {sample_rate}")
     return resample(signal, int(sample_rate), target_rate)
-
-
-def _sigmoid(logits: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
 
 
 def find_audio(inputs: Iterable[str | os.PathLike]) -> tuple[list[str], list[tuple[str, str]]]:

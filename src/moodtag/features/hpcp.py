@@ -20,6 +20,7 @@ import math
 import numpy as np
 import scipy.fft
 
+from ..errors import FeatureError
 from .params import FeatureParams
 
 # Frames per block: ~16 MB of frames and spectra at frame size 4096.
@@ -43,9 +44,9 @@ def hpcpgram(audio: np.ndarray, *, params: FeatureParams = FeatureParams()) -> n
     """
     signal = np.asarray(audio, dtype=np.float32)
     if signal.ndim != 1 or signal.size == 0:
-        raise ValueError(f"audio must be (N,) with N ≥ 1, got shape {signal.shape}")
+        raise FeatureError(f"audio must be (N,) with N ≥ 1, got shape {signal.shape}")
     if params.hpcp_size != 12:
-        raise ValueError(f"only 12-bin HPCP is implemented, got hpcp_size={params.hpcp_size}")
+        raise FeatureError(f"only 12-bin HPCP is implemented, got hpcp_size={params.hpcp_size}")
     window = blackman_harris_62(params.hpcp_frame_size)
     n_frames = n_hpcp_frames(signal.size, params)
     out = np.empty((n_frames, 12), np.float32)

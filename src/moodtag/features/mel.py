@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import FeatureError
 from .params import FeatureParams
 
 # STFT frames per block: a multiple of every sensible time_pool; ~20 MB of frames and spectra at n_fft 2048.
@@ -36,7 +37,7 @@ class MelFrontEnd(nn.Module):
     def __init__(self, params: FeatureParams = FeatureParams()):
         super().__init__()
         if params.log_compression != "log1p":
-            raise ValueError(f"unsupported log_compression {params.log_compression!r} (only 'log1p')")
+            raise FeatureError(f"unsupported log_compression {params.log_compression!r} (only 'log1p')")
         self.params = params
         self.register_buffer("mel_basis", torch.from_numpy(mel_filters(params)), persistent=False)
         self.register_buffer("window", torch.hann_window(params.n_fft, periodic=True), persistent=False)
@@ -122,7 +123,7 @@ def log_mel_spectrogram(audio: np.ndarray, *, params: FeatureParams = FeaturePar
     """
     signal = np.asarray(audio, dtype=np.float32)
     if signal.ndim not in (1, 2) or signal.shape[-1] == 0:
-        raise ValueError(f"audio must be (N,) or (B, N) with N ≥ 1, got shape {signal.shape}")
+        raise FeatureError(f"audio must be (N,) or (B, N) with N ≥ 1, got shape {signal.shape}")
     batch = np.atleast_2d(signal)
     front_end = mel_front_end(params, device)
     n_samples = batch.shape[1]

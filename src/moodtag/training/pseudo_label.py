@@ -22,9 +22,11 @@ from typing import Callable, Collection, Sequence
 
 import numpy as np
 
+from .. import predictions
 from ..atomic import atomic_path, atomic_write_text
 from ..errors import DataError
 from ..merge import merge_rows
+from ..pool import parse_shard  # noqa: F401  (the CLI's --shard)
 from .thresholds import (  # noqa: F401  (Thresholds and friends are part of this module's API)
     MIN_TEACHER_AUC,
     PAPER_T_NEG,
@@ -110,20 +112,6 @@ class PseudoLabels:
     @property
     def labels_path(self) -> Path:
         return self.out_dir / "labels.npz"
-
-
-def parse_shard(text: str | None) -> tuple[int, int]:
-    """'i/N' (0 <= i < N) -> (i, N); None -> (0, 1), the whole pool."""
-    if text is None:
-        return 0, 1
-    index, sep, count = text.partition("/")
-    try:
-        shard = (int(index), int(count))
-    except ValueError:
-        shard = (-1, 0)
-    if not sep or not 0 <= shard[0] < shard[1]:
-        raise DataError(f"--shard {text!r}: expected i/N with 0 <= i < N")
-    return shard
 
 
 def pool_chunks(
@@ -216,7 +204,7 @@ def pool_manifest(teacher_run: Path, checkpoint: Path, track_ids: Sequence[str],
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))).astype(np.float32)
+    return predictions.sigmoid(logits, np.float32)
 
 
 def write_pseudo_labels(

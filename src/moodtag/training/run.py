@@ -40,7 +40,7 @@ from ..errors import ConfigError, DataError
 from ..models import CRNNConfig, MoodCRNN, inherit_weights
 from ..numerics import numerics_record, torch_threads
 from ..store import FeatureStore
-from ..predictions import write_predictions
+from ..predictions import file_probabilities, write_predictions
 from .aggregate import track_logits
 from .module import METRIC_COLUMNS, TaggingModule
 from .precision import resolve_precision
@@ -386,7 +386,7 @@ def predict_split(
 
     Tracks without features are left out of the files and listed in predictions/<name>.missing.txt.
     data_root: where the run's named splits and store are, if they moved since training.
-    shard: (i, N) with N > 1 predicts only the split's tracks of shard i (`moodtag.extract.shard_of`) into one row
+    shard: (i, N) with N > 1 predicts only the split's tracks of shard i (`moodtag.pool.shard_of`) into one row
     file, predictions/<name>.shard-i-of-N.npz, which `moodtag merge` joins into the files above (summary["part"]).
     """
     run_dir = Path(run_dir)
@@ -396,7 +396,7 @@ def predict_split(
     name, tsv = split_path(config, split)
     wanted = read_split(tsv).track_ids
     if shard[1] > 1:
-        from ..extract import shard_of
+        from ..pool import shard_of
 
         wanted = [track_id for track_id in wanted if shard_of(track_id, shard[1]) == shard[0]]
     store = store if store is not None else config.data.path(config.data.features)
@@ -405,7 +405,7 @@ def predict_split(
         num_workers=num_workers, progress=progress,
     )
     out = run_dir / "predictions"
-    probabilities = torch.sigmoid(torch.from_numpy(logits)).numpy().astype(np.float32)
+    probabilities = file_probabilities(logits)
     missing = sorted(set(wanted) - set(track_ids), key=wanted.index)
     if shard[1] > 1:
         from ..merge import write_part
