@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import __version__
+from . import __version__, rundir
 from .errors import BundleError, ConfigError, DataError  # noqa: F401  (BundleError is part of this module's API)
 from .features.params import FeatureParams
 
@@ -439,13 +439,13 @@ def export(source: str | os.PathLike, out: str | os.PathLike, *, onnx: bool = Fa
     without them is predicted first). The metrics saved with it are validation and, where test predictions
     exist, test, both decided with those thresholds.
     """
-    from .ensemble import ensure_predictions, load_members
+    from .ensemble import ensure_predictions
 
     source = Path(source)
-    if (source / "members.json").is_file():
-        members = load_members(source)
+    if rundir.is_ensemble(source):
+        members = rundir.load_members(source)
         runs, alpha = [("short", members.short_run), ("long", members.long_run)], members.alpha
-    elif (source / "run.json").is_file():
+    elif rundir.is_run(source):
         runs, alpha = [("model", source)], None
     else:
         raise BundleError(f"{source}: neither a training run (run.json) nor an ensemble (members.json)")
@@ -453,7 +453,7 @@ def export(source: str | os.PathLike, out: str | os.PathLike, *, onnx: bool = Fa
     if alpha is None:
         ensure_predictions(source, "validation", quiet=quiet)
     thresholds, metrics = _tune_and_score(source, runs[0][1], tags)
-    metrics["runs"] = {name: _run_summary(run) for name, run in runs}
+    metrics["runs"] = {name: _run_summary(rundir.read_run_info(run)) for name, run in runs}
     return write_bundle(out, exported, tags=tags, thresholds=thresholds, feature_params=params,
                         chunk_steps=chunk_steps, alpha=alpha, metrics=metrics, onnx=onnx,
                         training_data=_training_data(data_roots))
@@ -463,12 +463,11 @@ def _export_members(runs: list[tuple[str, Path]]) -> tuple[list[ExportMember], l
     """Load each run's best model; check that all agree on tags and features and that modes fit their roles.
 
     Also returns each member's data root (None when its config names none)."""
-    from .training import load_model
+    from .training.run import load_run
 
     exported, tags, params, chunk_steps, data_roots = [], None, None, None, {}
     for name, run in runs:
-        model, config, run_tags = load_model(run)
-        run_params = _run_feature_params(run)
+        model, config, run_tags, run_params = load_run(run)
         if tags is not None and (run_tags != tags or run_params != params):
             raise BundleError(f"{run}: tags or feature parameters differ from {runs[0][1]}'s")
         if name in MODES and config.data.mode != name:
@@ -510,33 +509,24 @@ def _training_data(data_roots: dict[str, str | None]) -> dict:
     return {"kind": "synthetic" if synthetic else "unknown", "members": records}
 
 
-def _run_feature_params(run: Path) -> FeatureParams:
-    import torch
-
-    checkpoint = torch.load(Path(run) / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
-    return FeatureParams.from_dict(checkpoint["hyper_parameters"]["feature_params"])
-
-
 def _tune_and_score(source: Path, labelled_run: Path, tags: list[str]) -> tuple[np.ndarray, dict]:
     """Thresholds tuned on `source`'s validation predictions, and the metrics they give on validation (and test)."""
-    from .ensemble import read_predictions, split_labels
     from .evaluate import evaluate, tune_thresholds
 
     metrics = {}
     thresholds = None
     for split in ("validation", "test"):
-        if split == "test" and not (source / "predictions" / "test.npy").is_file():
+        if split == "test" and not rundir.has_predictions(source, split):
             continue
-        track_ids, predicted_tags, probabilities = read_predictions(source, split)
+        track_ids, predicted_tags, probabilities = rundir.read_predictions(source, split)
         if predicted_tags != tags:
             raise BundleError(f"{source}: {split} predictions are for other tags than the model's")
-        labels = split_labels(labelled_run, split, track_ids, tags)
+        labels = rundir.split_labels(labelled_run, split, track_ids, tags)
         if thresholds is None:
             thresholds = tune_thresholds(labels, probabilities)
         metrics[split] = evaluate(labels, probabilities, thresholds=thresholds, tags=tags)
     return thresholds, metrics
 
 
-def _run_summary(run: Path) -> dict:
-    info = json.loads((Path(run) / "run.json").read_text())
+def _run_summary(info: dict) -> dict:
     return {key: info.get(key) for key in ("name", "best_epoch", "best", "n_train", "feature_hash", "versions")}
