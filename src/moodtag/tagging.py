@@ -20,7 +20,7 @@ the end of the track when a tail is left over, so the timeline covers the whole 
 the last chunk ends at the track's duration. Long-mode members see chunks they were not trained on (they accept
 any length), so a long model's timeline is indicative only.
 
-Memory: files over ten minutes are decoded and featurised in segments (moodtag.streaming), the model sees at most
+Memory: files are decoded and featurised block by block (moodtag.streaming), the model sees at most
 MAX_CHUNKS_PER_BATCH chunks at once, and `tag_many` keeps at most 2 x workers tracks in flight.
 """
 from __future__ import annotations
@@ -41,6 +41,7 @@ from .audio import downmix, resample
 from .bundle import Bundle, MemberRunner, load_bundle
 from .errors import AudioError, MoodtagError
 from .features import TrackFeatures, compute_features
+from .features.contract import chunk_windows, crop_window
 from .predictions import sigmoid
 from .streaming import file_features
 
@@ -97,18 +98,6 @@ class TagResult:
         if self.timeline is not None:
             out["timeline"] = [segment.to_dict() for segment in self.timeline]
         return out
-
-
-def chunk_windows(n_steps: int, chunk_steps: int) -> list[tuple[int, int]]:
-    """Training's short-mode chunks of a track of `n_steps` mel steps: [(start, stop)] in steps.
-
-    Consecutive non-overlapping chunks, the tail shorter than a chunk dropped; a track shorter than one chunk gives
-    the single (zero-padded) window (0, chunk_steps).
-    """
-    from .data.datasets import chunk_count
-
-    count = chunk_count(n_steps, chunk_steps)
-    return [(i * chunk_steps, (i + 1) * chunk_steps) for i in range(count)]
 
 
 def timeline_windows(n_steps: int, chunk_steps: int) -> list[tuple[int, int]]:
@@ -236,21 +225,18 @@ class Tagger:
     def _run_member(self, runner: MemberRunner, mel, hpcp, windows) -> tuple[np.ndarray, np.ndarray | None]:
         """(n_tags,) track probabilities and (n_windows, n_tags) timeline probabilities of one member.
 
-        The track logits come from training's own evaluation step (`track_logits`: long crop, or the mean of
-        the chunk logits), so tagging a track gives what `moodtag predict` gives for it.
+        The track logits are training's evaluation (the long crop, or `chunk_mean_logits` of the chunks), so tagging a
+        track gives what `moodtag predict` gives for it.
         """
-        import torch
-
-        from .training.aggregate import track_logits
+        from .training.aggregate import chunk_mean_logits
 
         if runner.mode == "short":
-            chunks = chunk_windows(mel.shape[1], runner.steps)
-            batch = self._inputs(runner, mel, hpcp, chunks)
-            batch["chunk_track"] = torch.zeros(len(chunks), dtype=torch.long)
-            batch["target"] = torch.zeros(1, len(self.tags))
+            batch = self._inputs(runner, mel, hpcp, chunk_windows(mel.shape[1], runner.steps))
+            track = chunk_mean_logits(runner, batch["mel"], batch.get("hpcp"), None, 1, MAX_CHUNKS_PER_BATCH)
         else:
             batch = self._inputs(runner, mel, hpcp, [(0, runner.steps)])
-        track = track_logits(runner, batch, MAX_CHUNKS_PER_BATCH)[0].numpy()
+            track = runner(batch["mel"], batch.get("hpcp"))
+        track = track[0].numpy()
         if not windows:
             return sigmoid(track), None
         pieces = []
@@ -260,17 +246,15 @@ class Tagger:
         return sigmoid(track), sigmoid(np.concatenate(pieces))
 
     def _inputs(self, runner: MemberRunner, mel, hpcp, windows) -> dict:
-        """Model inputs for step windows, cut as training cuts them (`moodtag.data.datasets.crop`, zero-padded)."""
+        """Model inputs for step windows, cut as training cuts them (`moodtag.features.contract.crop_window`)."""
         import torch
 
-        from .data.datasets import crop
-
         ratio = self.bundle.feature_params.hpcp_frames_per_mel_step
-        batch = {"mel": torch.from_numpy(np.stack([crop(mel, start, stop - start) for start, stop in windows]))}
+        pieces = [crop_window(mel, hpcp if runner.use_hpcp else None, start, stop - start, ratio)
+                  for start, stop in windows]
+        batch = {"mel": torch.from_numpy(np.stack([m for m, _ in pieces]))}
         if runner.use_hpcp:
-            batch["hpcp"] = torch.from_numpy(
-                np.stack([crop(hpcp, round(start * ratio), round((stop - start) * ratio)) for start, stop in windows])
-            )
+            batch["hpcp"] = torch.from_numpy(np.stack([h for _, h in pieces]))
         return batch
 
     def _result(self, probabilities: np.ndarray, path, duration: float, *, padded: bool) -> TagResult:
@@ -300,8 +284,8 @@ class Tagger:
 def track_features(path: str | os.PathLike, bundle: Bundle) -> TrackFeatures:
     """Decode one file and compute the bundle's features (raises AudioError for a bad file).
 
-    Files over ten minutes are decoded and featurised segment by segment (moodtag.streaming), so memory does not
-    grow with the length of a track.
+    Files are decoded and featurised block by block (moodtag.streaming), so memory does not grow with the length
+    of a track.
     """
     return file_features(path, bundle.feature_params)
 

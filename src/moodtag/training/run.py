@@ -95,7 +95,7 @@ def train(
         datamodule = MoodDataModule(config, pseudo_labels=_existing_pseudo_labels(config))
         params = datamodule.store.params
         module = TaggingModule(
-            config.to_dict(), datamodule.tags, config.model.build_config().to_dict(), params.to_dict(),
+            config.to_dict(), datamodule.tags, config.model.build_config(params).to_dict(), params.to_dict(),
             params.hpcp_frames_per_mel_step,
         )
         if ckpt_path is None and config.student is not None and config.student.init == "teacher":
