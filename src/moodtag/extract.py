@@ -3,7 +3,8 @@
     summary = extract("music/", "store/", workers=2)          # a folder, recursively
     summary = extract("corpus/splits/train.tsv", "store/", audio_root="corpus/audio")
 
-Each track is decoded, turned into mel + HPCP and written atomically by the process that computed it; the
+Each track is decoded and turned into mel + HPCP block by block (moodtag.streaming, the tagger's path too, so memory
+does not grow with a track's length) and written atomically by the process that computed it; the
 parent journals the outcome. One bad file becomes a line in the failure list and never stops the run; a
 killed run loses nothing when rerun, because finished tracks are found in the store and skipped.
 """
@@ -24,12 +25,13 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .audio import AUDIO_EXTENSIONS, load_audio
+from .audio import AUDIO_EXTENSIONS
 from .data.splits import HEADER, read_split
 from .errors import AudioError, DataError, MoodtagError
-from .features import FeatureParams, compute_features
+from .features import FeatureParams
 from .pool import check_shard, parse_shard, shard_of  # noqa: F401  (parse_shard, shard_of: part of this module's API)
 from .store import FeatureStore, IndexRecord, validate_track_id, write_failures
+from .streaming import file_features
 
 logger = logging.getLogger(__name__)
 
@@ -172,9 +174,7 @@ def _extract_track(track: Track, *, root: Path, params: FeatureParams, device: s
     """Decode, compute and store one track; every failure becomes a "failed" record, never an exception."""
     store = FeatureStore(root, params)
     try:
-        audio = load_audio(track.path, sample_rate=params.sample_rate)
-        features = compute_features(audio, params, device=device)
-        del audio
+        features = file_features(track.path, params, device=device)
         if not (np.isfinite(features.mel).all() and np.isfinite(features.hpcp).all()):
             raise DataError("features contain NaN or infinity")
         store.write(track.track_id, features)
