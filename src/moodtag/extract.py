@@ -10,16 +10,12 @@ killed run loses nothing when rerun, because finished tracks are found in the st
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import logging
-import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator, Sequence
 
@@ -29,15 +25,11 @@ from .audio import AUDIO_EXTENSIONS
 from .data.splits import HEADER, read_split
 from .errors import AudioError, DataError, MoodtagError
 from .features import FeatureParams
-from .pool import check_shard, parse_shard, shard_of  # noqa: F401  (parse_shard, shard_of: part of this module's API)
+from .pool import Crashed, check_shard, parse_shard, pool_map, shard_of  # noqa: F401  (parse_shard, shard_of: part of this module's API)
 from .store import FeatureStore, IndexRecord, validate_track_id, write_failures
 from .streaming import file_features
 
 logger = logging.getLogger(__name__)
-
-# A track whose worker dies this many times (segfaulting decoder, out of memory) is recorded as failed.
-_MAX_WORKER_CRASHES = 2
-
 
 @dataclasses.dataclass(frozen=True)
 class Track:
@@ -149,7 +141,7 @@ def _run(store: FeatureStore, journal, pending: list[Track], summary: ExtractSum
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     task = functools.partial(_extract_track, root=store.root, params=store.params, device=device)
-    results = _pool_results(pending, workers, task) if workers > 1 else map(task, pending)
+    results = _pool_results(pending, workers if workers > 1 else 0, task)
     with logging_redirect_tqdm(), tqdm(total=len(pending), unit="track", disable=quiet, file=sys.stderr,
                                        dynamic_ncols=True, desc="extract") as progress:
         for record in results:
@@ -189,49 +181,15 @@ def _extract_track(track: Track, *, root: Path, params: FeatureParams, device: s
                        features.feature_hash, str(track.path), "", time.time())
 
 
+def _pool_results(tracks: list[Track], workers: int, task) -> Iterator[IndexRecord]:
+    """`task`'s record of each track as it finishes (`moodtag.pool.pool_map`; 0 workers: in this process); a
+    track whose worker process kept dying is a failed record."""
+    for track, record in pool_map(task, tracks, workers=workers):
+        yield _failed(track, record.reason) if isinstance(record, Crashed) else record
+
+
 def _failed(track: Track, reason: str) -> IndexRecord:
     return IndexRecord(track.track_id, "failed", source=str(track.path), reason=reason, time=time.time())
-
-
-def _init_worker() -> None:
-    import torch
-
-    # Parallelism comes from the processes; threads inside each would only fight over the same cores.
-    torch.set_num_threads(1)
-
-
-def _pool_results(tracks: list[Track], workers: int, task) -> Iterator[IndexRecord]:
-    """Run `task` over `tracks` in `workers` processes, yielding records as they finish (in any order).
-
-    At most `workers` tracks are in flight, so when a worker dies (a crashing decoder, the OOM killer) the
-    tracks it may have held are known: they are retried in a fresh pool, and failed after repeated crashes.
-    """
-    queue = collections.deque(tracks)
-    crashes: collections.Counter[str] = collections.Counter()
-    context = multiprocessing.get_context("spawn")
-    while queue:
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
-            running: dict[Future, Track] = {}
-            try:
-                while queue or running:
-                    while queue and len(running) < workers:
-                        track = queue.popleft()
-                        running[pool.submit(task, track)] = track
-                    done, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        record = future.result()
-                        del running[future]
-                        yield record
-            except BrokenProcessPool:
-                for future, track in running.items():
-                    if future.done() and not future.cancelled() and future.exception() is None:
-                        yield future.result()
-                        continue
-                    crashes[track.track_id] += 1
-                    if crashes[track.track_id] >= _MAX_WORKER_CRASHES:
-                        yield _failed(track, "worker process died on this file (decoder crash or out of memory)")
-                    else:
-                        queue.appendleft(track)
 
 
 def discover(

@@ -2,13 +2,29 @@
 
 Shards: `shard_of(track_id, N)` is a stable hash, so N independent runs (`--shard i/N`, or `--shard auto` under
 torchrun / SLURM) cover every track exactly once, on any machine.
+
+The pool (`pool_map`, used by `moodtag extract` and the tagger): a decoder that segfaults or the out-of-memory killer
+takes one worker process down, and with it the whole ProcessPoolExecutor. At most `in_flight` items are submitted at
+a time, so the items a dead worker may have held are known: they are retried in a fresh pool, and an item in flight
+at MAX_WORKER_CRASHES crashes is given up (`Crashed`), never the run.
 """
 from __future__ import annotations
 
+import collections
+import dataclasses
 import hashlib
+import multiprocessing
 import os
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from typing import Callable, Hashable, Iterable, Iterator, TypeVar
 
 from .errors import ConfigError, DataError
+
+Item = TypeVar("Item", bound=Hashable)
+# An item in flight when a worker process died this many times is given up.
+MAX_WORKER_CRASHES = 2
+WORKER_DIED = "worker process died on this file (decoder crash or out of memory)"
 
 
 class ShardError(ConfigError, DataError):
@@ -53,3 +69,66 @@ def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
     if count < 1 or not 0 <= index < count:
         raise ShardError(f"shard {index}/{count}: expected 0 <= i < N")
     return index, count
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Crashed:
+    """The outcome of an item whose worker process died MAX_WORKER_CRASHES times."""
+
+    reason: str = WORKER_DIED
+
+
+def pool_map(task: Callable, items: Iterable[Item], *, workers: int, in_flight: int | None = None,
+             ordered: bool = False, while_waiting: Callable[[], object] | None = None) -> Iterator[tuple[Item, object]]:
+    """(item, task(item) or Crashed) for every item; `workers` > 0 runs the task in that many spawned processes.
+
+    in_flight: items submitted at a time (default `workers`): what a crash can cost, and what may wait in memory.
+    ordered: yield in input order (else as tasks finish; after a crash, finished items come before retried ones).
+    while_waiting: called once, after the first items went to the workers and before waiting for them (in-process:
+    before the first item), e.g. to load a model meanwhile. Workers run one torch thread each: the parallelism is
+    the processes'.
+    """
+    queue = collections.deque(items)
+    if workers <= 0:
+        if queue and while_waiting is not None:
+            while_waiting()
+        for item in queue:
+            yield item, task(item)
+        return
+    crashes: collections.Counter = collections.Counter()
+    context = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
+    while queue:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
+            running: dict[Future, Item] = {}  # in submission order
+            try:
+                while queue or running:
+                    while queue and len(running) < (in_flight or workers):
+                        item = queue.popleft()
+                        running[pool.submit(task, item)] = item
+                    if while_waiting is not None:
+                        while_waiting()
+                        while_waiting = None
+                    done = [next(iter(running))] if ordered else wait(running, return_when=FIRST_COMPLETED)[0]
+                    for future in done:
+                        result = future.result()
+                        yield running.pop(future), result
+            except BrokenProcessPool:
+                retry = []
+                for future, item in running.items():
+                    if future.done() and not future.cancelled() and future.exception() is None:
+                        yield item, future.result()
+                        continue
+                    crashes[item] += 1
+                    if crashes[item] >= MAX_WORKER_CRASHES:
+                        yield item, Crashed()
+                    else:
+                        retry.append(item)
+                queue.extendleft(reversed(retry))
+
+
+def _init_worker() -> None:
+    import torch
+
+    # Parallelism comes from the processes; threads inside each would only fight over the same cores.
+    torch.set_num_threads(1)

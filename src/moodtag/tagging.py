@@ -25,13 +25,10 @@ MAX_CHUNKS_PER_BATCH chunks at once, and `tag_many` keeps at most 2 x workers tr
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
+import functools
 import logging
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -42,14 +39,13 @@ from .bundle import Bundle, MemberRunner, load_bundle
 from .errors import AudioError, MoodtagError
 from .features import TrackFeatures, compute_features
 from .features.contract import chunk_windows, crop_window
+from .pool import Crashed, pool_map
 from .predictions import sigmoid
 from .streaming import file_features
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TOP_K = 5
-# A track in flight when a worker process died this many times is reported as failed.
-_MAX_WORKER_CRASHES = 2
 # Chunks per forward pass: bounds activation memory for hour-long tracks.
 MAX_CHUNKS_PER_BATCH = 32
 
@@ -301,50 +297,14 @@ def iter_features(
     a track in flight at two crashes is reported as failed. `while_waiting` is called once, after the first tracks
     went to the workers and before waiting for them (in-process: before the first track), e.g. to load a model.
     """
-    params = bundle.feature_params
-    queue = collections.deque(str(p) for p in paths)
-    if workers <= 0:
-        if queue and while_waiting is not None:
-            while_waiting()
-        for path in queue:
-            yield path, _features_job(path, params)
-        return
-    crashes: collections.Counter[str] = collections.Counter()
-    context = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
-    while queue:
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
-            pending: collections.deque = collections.deque()
-            try:
-                while queue or pending:
-                    while queue and len(pending) < 2 * workers:
-                        path = queue.popleft()
-                        pending.append((path, pool.submit(_features_job, path, params)))
-                    if while_waiting is not None:
-                        while_waiting()
-                        while_waiting = None
-                    outcome = pending[0][1].result()
-                    yield pending.popleft()[0], outcome
-            except BrokenProcessPool:
-                retry = []
-                for path, future in pending:
-                    if future.done() and future.exception() is None:
-                        yield path, future.result()
-                        continue
-                    crashes[path] += 1
-                    if crashes[path] >= _MAX_WORKER_CRASHES:
-                        yield path, "worker process died on this file (decoder crash or out of memory)"
-                    else:
-                        retry.append(path)
-                queue.extendleft(reversed(retry))
+    task = functools.partial(_features_job, params=bundle.feature_params)
+    outcomes = pool_map(task, [str(p) for p in paths], workers=workers, in_flight=2 * workers, ordered=True,
+                        while_waiting=while_waiting)
+    for path, outcome in outcomes:
+        yield path, outcome.reason if isinstance(outcome, Crashed) else outcome
 
 
-def _init_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-
-
-def _features_job(path: str, params) -> TrackFeatures | str:
+def _features_job(path: str, *, params) -> TrackFeatures | str:
     """Features of one file, or the reason it failed (a plain string: it crosses the process boundary)."""
     try:
         return file_features(path, params)
