@@ -384,7 +384,7 @@ def _reference_scores(teacher_run: Path, config, store, out_dir: Path,
                       tags: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Teacher probabilities, true labels and which rows are validation tracks, on train + validation (cached in
     reference.npz; a cache written before the validation rows were marked is made again)."""
-    from ..ensemble import split_labels
+    from ..rundir import split_labels
     from .run import predict, split_path
 
     path = out_dir / "reference.npz"
