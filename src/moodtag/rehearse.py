@@ -279,12 +279,11 @@ def pool_check(run_dir: Path) -> dict:
     """Whether a student's pool kept out the labelled splits: no track its teacher pseudo-labelled and no track it
     trained on as pool is in train, validation or test."""
     from .data.datasets import split_track_ids
-    from .training.pseudo_label import load_labels
     from .training.run import pseudo_labels_path
 
     config = rundir.read_run_config(run_dir)
     labelled = split_track_ids(config.data)
-    pseudo_labelled = set(load_labels(pseudo_labels_path(config))[0])
+    pseudo_labelled = set(rundir.load_labels(pseudo_labels_path(config))[0])
     pool = rundir.read_run_info(run_dir)["pool"]
     in_splits = len(pseudo_labelled & labelled)
     return {

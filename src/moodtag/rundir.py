@@ -9,7 +9,8 @@ A training run (`runs/<name>` unless the config or caller says otherwise; `moodt
     predictions/<split>.npy     float32 probabilities (tracks x tags, rows in split order), .logits.npy, .csv,
                                 .missing.txt (the files of moodtag.predictions)
     predictions/<split>.shard-i-of-N.npz   one shard's rows (`moodtag predict --shard`; moodtag.merge.write_part)
-    pseudo-labels/              a teacher's pseudo-labelling of the pool (moodtag.training.pseudo_label), labels.npz
+    pseudo-labels/              a teacher's pseudo-labelling of the pool (moodtag.training.pseudo_label); its
+                                labels.npz (track_ids, tags, targets 1 / 0 / NaN) is written and read here
 
 An ensemble directory (`moodtag ensemble`) looks like a training run to everything downstream:
     predictions/<split>.npy     + .csv, for validation and test
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .atomic import atomic_write_json, atomic_write_text
+from .atomic import atomic_path, atomic_write_json, atomic_write_text
 from .errors import DataError
 from .predictions import write_predictions
 
@@ -126,6 +127,25 @@ def pseudo_labels_dir(teacher_run: str | os.PathLike) -> Path:
 
 def pseudo_labels_file(teacher_run: str | os.PathLike) -> Path:
     return pseudo_labels_dir(teacher_run) / PSEUDO_LABELS_FILE
+
+
+def save_labels(path: str | os.PathLike, track_ids: Sequence[str], tags: Sequence[str], targets: np.ndarray) -> None:
+    """Write the student's label file: track_ids, tags, targets float32 with 1 / 0 / NaN = unknown (atomically)."""
+    targets = np.asarray(targets, dtype=np.float32)
+    if targets.shape != (len(track_ids), len(tags)):
+        raise DataError(f"{path}: targets {targets.shape} do not match {len(track_ids)} tracks x {len(tags)} tags")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, track_ids=np.array(track_ids, dtype=str), tags=np.array(tags, dtype=str), targets=targets)
+
+
+def load_labels(path: str | os.PathLike) -> tuple[list[str], list[str], np.ndarray]:
+    """Read a label file written by `save_labels`: (track_ids, tags, targets)."""
+    try:
+        with np.load(path) as data:
+            return list(map(str, data["track_ids"])), list(map(str, data["tags"])), data["targets"].astype(np.float32)
+    except (OSError, ValueError, KeyError) as err:
+        raise DataError(f"{path}: unreadable pseudo-label file ({err})") from None
 
 
 def split_path(config: "RunConfig", split: str) -> tuple[str, Path]:

@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 from ..config import DataConfig, RunConfig
 from ..errors import DataError
 from ..features.contract import chunk_count, crop, crop_window  # noqa: F401  (crop: part of this module's API)
+from ..rundir import load_labels
 from ..store import FeatureStore
 from .splits import read_split
 
@@ -98,13 +99,7 @@ def read_pseudo_labels(path: str | os.PathLike, tags: list[str]) -> tuple[list[s
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: pseudo-label file not found")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            track_ids = [str(t) for t in data["track_ids"]]
-            file_tags = [str(t) for t in data["tags"]]
-            targets = np.asarray(data["targets"], dtype=np.float32)
-    except (OSError, ValueError, KeyError) as err:
-        raise DataError(f"{path}: unreadable pseudo-label file ({err})") from None
+    track_ids, file_tags, targets = load_labels(path)
     if sorted(file_tags) != sorted(tags):
         raise DataError(f"{path}: its tags differ from the run's tag list")
     if targets.shape != (len(track_ids), len(file_tags)):

@@ -27,6 +27,7 @@ from ..atomic import atomic_path, atomic_write_text
 from ..errors import DataError
 from ..merge import merge_rows
 from ..pool import parse_shard  # noqa: F401  (the CLI's --shard)
+from ..rundir import load_labels, save_labels  # noqa: F401  (labels.npz: part of this module's API)
 from .thresholds import (  # noqa: F401  (Thresholds and friends are part of this module's API)
     MIN_TEACHER_AUC,
     PAPER_T_NEG,
@@ -71,25 +72,6 @@ def format_counts(thresholds: Thresholds, targets: np.ndarray) -> str:
         f"{int(counts['unknown'].sum()):>7d}  ({100 * (1 - counts['unknown'].sum() / total):.1f} % confident)"
     )
     return "\n".join(lines)
-
-
-def save_labels(path: str | os.PathLike, track_ids: Sequence[str], tags: Sequence[str], targets: np.ndarray) -> None:
-    """Write the student's label file: track_ids, tags, targets float32 with 1 / 0 / NaN = unknown (atomically)."""
-    targets = np.asarray(targets, dtype=np.float32)
-    if targets.shape != (len(track_ids), len(tags)):
-        raise DataError(f"{path}: targets {targets.shape} do not match {len(track_ids)} tracks x {len(tags)} tags")
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, track_ids=np.array(track_ids, dtype=str), tags=np.array(tags, dtype=str), targets=targets)
-
-
-def load_labels(path: str | os.PathLike) -> tuple[list[str], list[str], np.ndarray]:
-    """Read a label file written by `save_labels`: (track_ids, tags, targets)."""
-    try:
-        with np.load(path) as data:
-            return list(map(str, data["track_ids"])), list(map(str, data["tags"])), data["targets"].astype(np.float32)
-    except (OSError, ValueError, KeyError) as err:
-        raise DataError(f"{path}: unreadable pseudo-label file ({err})") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
