@@ -1,4 +1,5 @@
-"""Decoding, downmixing and resampling: every track enters moodtag through `load_audio`.
+"""Decoding, downmixing and resampling: every track enters moodtag through `load_audio` or, block by block with the
+same checks and samples, `stream_audio` (which `moodtag.streaming` turns into features).
 
 The sample rate is part of the model's contract (the paper's features are computed at 44.1 kHz).
 MP3, OGG (Vorbis/Opus), FLAC, WAV and AIFF are decoded by libsndfile (soundfile); M4A/MP4/AAC by PyAV,
