@@ -18,7 +18,8 @@ import numpy as np
 
 from . import evaluate as evaluation
 from .errors import DataError
-from .rundir import (  # noqa: F401  (Members, load_members, read_predictions, split_labels, is_finished: this module's API)
+# Members, load_members, read_predictions, split_labels and is_finished are part of this module's API.
+from .rundir import (  # noqa: F401
     Members, has_predictions, is_finished, load_members, read_predictions, save_predictions, split_labels,
     write_ensemble,
 )

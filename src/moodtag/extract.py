@@ -25,7 +25,8 @@ from .audio import AUDIO_EXTENSIONS
 from .data.splits import HEADER, read_split
 from .errors import AudioError, DataError, MoodtagError
 from .features import FeatureParams
-from .pool import Crashed, check_shard, parse_shard, pool_map, shard_of  # noqa: F401  (parse_shard, shard_of: part of this module's API)
+# parse_shard and shard_of are part of this module's API.
+from .pool import Crashed, check_shard, parse_shard, pool_map, shard_of  # noqa: F401
 from .store import FeatureStore, IndexRecord, validate_track_id, write_failures
 from .streaming import file_features
 

@@ -259,8 +259,8 @@ def _training_step_seconds(config) -> tuple[float, float]:
     L.seed_everything(config.train.seed, verbose=False)
     datamodule = MoodDataModule(config, pseudo_labels=pseudo_labels_path(config))
     params = datamodule.store.params
-    module = TaggingModule(config.to_dict(), datamodule.tags, config.model.build_config(params).to_dict(), params.to_dict(),
-                           params.hpcp_frames_per_mel_step)
+    module = TaggingModule(config.to_dict(), datamodule.tags, config.model.build_config(params).to_dict(),
+                           params.to_dict(), params.hpcp_frames_per_mel_step)
     timer = _step_timer()
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")  # inside Lightning, not ours

@@ -150,7 +150,8 @@ def load_labels(path: str | os.PathLike) -> tuple[list[str], list[str], np.ndarr
 
 def split_path(config: "RunConfig", split: str) -> tuple[str, Path]:
     """(name, TSV path) for `train`, `validation`, `test` (the config's splits) or a path to a TSV."""
-    named = {"train": config.data.train_split, "validation": config.data.validation_split, "test": config.data.test_split}
+    data = config.data
+    named = {"train": data.train_split, "validation": data.validation_split, "test": data.test_split}
     if split in named:
         return split, config.data.path(named[split])
     path = Path(split)

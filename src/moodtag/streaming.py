@@ -113,8 +113,9 @@ class FeatureStream:
         """The features of everything fed (at least one sample)."""
         self._compute(final=True)
         self._store, self._filled = np.empty(0, np.float32), 0
-        return TrackFeatures(self.mel.array(), self.hpcp.array(), self.n_samples / self.params.sample_rate, self.params.sample_rate,
-                             self.params.hash)
+        params = self.params
+        return TrackFeatures(self.mel.array(), self.hpcp.array(), self.n_samples / params.sample_rate,
+                             params.sample_rate, params.hash)
 
     def _compute(self, *, final: bool) -> None:
         from .features import hpcp, mel

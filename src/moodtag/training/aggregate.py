@@ -25,7 +25,7 @@ def chunk_mean_logits(model: MoodCRNN, mel: torch.Tensor, hpcp: torch.Tensor | N
         for i in range(0, len(mel), max_chunks)
     ]).float()
     if chunk_track is None:
-        chunk_track = torch.zeros(len(mel), dtype=torch.long)
+        chunk_track = torch.zeros(len(mel), dtype=torch.long, device=chunk_logits.device)
     # A (tracks x chunks) averaging matrix: deterministic on every device, unlike index_add.
     owner = F.one_hot(chunk_track, num_classes=n_tracks).T.to(chunk_logits.dtype)
     return (owner @ chunk_logits) / owner.sum(dim=1, keepdim=True)

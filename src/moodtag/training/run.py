@@ -170,7 +170,8 @@ def _trainer(
         auto_insert_metric_name=False, enable_version_counter=False,
     )
     # Its own callback: ModelCheckpoint(save_last=True) only refreshes last.ckpt in epochs that improved the best.
-    last = ModelCheckpoint(dirpath=rundir.checkpoints_dir(run_dir), filename="last", save_top_k=1, enable_version_counter=False)
+    last = ModelCheckpoint(dirpath=rundir.checkpoints_dir(run_dir), filename="last", save_top_k=1,
+                           enable_version_counter=False)
     early_stopping = EarlyStopping(monitor="val_roc_auc", mode="max", patience=train.patience)
     for name in ("lightning.pytorch", "lightning.fabric"):
         lightning_log = logging.getLogger(name)
