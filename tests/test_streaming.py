@@ -8,6 +8,7 @@ from moodtag.audio import load_audio, stream_audio, write_audio
 from moodtag.errors import AudioError
 from moodtag.features import FeatureParams, compute_features, hpcp, mel
 from moodtag.features.contract import chunk_windows, crop_window, grid_samples, input_sizes
+from moodtag import streaming
 from moodtag.streaming import FeatureStream, file_features
 
 RATE = 44100
@@ -18,6 +19,8 @@ def small_blocks(monkeypatch):
     """Blocks of 30 STFT frames and 16 HPCP frames, so a few seconds cross many block joins."""
     monkeypatch.setattr(mel, "_BLOCK_FRAMES", 30)
     monkeypatch.setattr(hpcp, "_BLOCK_FRAMES", 16)
+    monkeypatch.setattr(streaming, "STREAM_MEL_BLOCK", 30)
+    monkeypatch.setattr(streaming, "STREAM_HPCP_BLOCK", 16)
 
 
 @pytest.mark.parametrize("n_samples", [1, 700, 2049, 3 * RATE + 333])

@@ -23,8 +23,8 @@ import scipy.fft
 from ..errors import FeatureError
 from .params import FeatureParams
 
-# Frames per block: ~8 MB of frames and spectra at frame size 4096 (a streamed track holds one block at a time).
-_BLOCK_FRAMES = 256
+# Frames per block of a whole signal (moodtag.streaming uses smaller blocks, for memory).
+_BLOCK_FRAMES = 512
 _MAGNITUDE_THRESHOLD = np.float32(1e-5)
 
 
@@ -58,10 +58,13 @@ def check_params(params: FeatureParams) -> None:
         raise FeatureError(f"only 12-bin HPCP is implemented, got hpcp_size={params.hpcp_size}")
 
 
-def hpcp_blocks(n_samples: int, params: FeatureParams = FeatureParams()) -> list[tuple[int, int]]:
-    """The frame blocks [(first, stop)] `hpcpgram` computes one at a time for `n_samples` samples."""
+def hpcp_blocks(n_samples: int, params: FeatureParams = FeatureParams(),
+                block_frames: int | None = None) -> list[tuple[int, int]]:
+    """The frame blocks [(first, stop)] of `block_frames` frames in which `hpcpgram` computes `n_samples` samples,
+    one at a time (default `_BLOCK_FRAMES`; frames are independent: any block size gives the same features)."""
+    block_frames = block_frames or _BLOCK_FRAMES
     n_frames = n_hpcp_frames(n_samples, params)
-    return [(first, min(first + _BLOCK_FRAMES, n_frames)) for first in range(0, n_frames, _BLOCK_FRAMES)]
+    return [(first, min(first + block_frames, n_frames)) for first in range(0, n_frames, block_frames)]
 
 
 def hpcp_block_span(first: int, stop: int, params: FeatureParams = FeatureParams()) -> tuple[int, int]:

@@ -23,9 +23,9 @@ from torch import nn
 from ..errors import FeatureError
 from .params import FeatureParams
 
-# STFT frames per block: a multiple of every sensible time_pool; ~5 MB of frames and spectra at n_fft 2048, so a
-# streamed track (moodtag.streaming) needs little more memory than torch itself.
-_BLOCK_FRAMES = 640
+# STFT frames per block of a whole signal: a multiple of every sensible time_pool, large enough that per-block
+# overheads vanish (moodtag.streaming uses smaller blocks, for memory).
+_BLOCK_FRAMES = 2560
 
 
 class MelFrontEnd(nn.Module):
@@ -138,11 +138,14 @@ def log_mel_spectrogram(audio: np.ndarray, *, params: FeatureParams = FeaturePar
     return out[0] if signal.ndim == 1 else out
 
 
-def mel_blocks(n_samples: int, params: FeatureParams = FeatureParams()) -> list[tuple[int, int]]:
-    """The STFT frame blocks [(first, stop)] `log_mel_spectrogram` computes one at a time for `n_samples` samples;
-    every block but the last has a whole number of pooled steps."""
+def mel_blocks(n_samples: int, params: FeatureParams = FeatureParams(),
+               block_frames: int | None = None) -> list[tuple[int, int]]:
+    """The STFT frame blocks [(first, stop)] of `block_frames` frames in which `log_mel_spectrogram` computes
+    `n_samples` samples (default `_BLOCK_FRAMES`), one at a time; every block but the last has a whole number of
+    pooled steps. Frames do not depend on their neighbours, so any block size gives the same features."""
+    block_frames = block_frames or _BLOCK_FRAMES
     n_frames = 1 + n_samples // params.hop_length
-    block = _BLOCK_FRAMES - _BLOCK_FRAMES % params.time_pool or params.time_pool
+    block = block_frames - block_frames % params.time_pool or params.time_pool
     return [(first, min(first + block, n_frames)) for first in range(0, n_frames, block)]
 
 
