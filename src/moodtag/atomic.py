@@ -32,14 +32,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, values) -> None:
     """Indented JSON; NaN and infinities (JSON has none) become null."""
-    atomic_write_text(path, json.dumps(_finite(values), indent=2) + "\n")
+    atomic_write_text(path, json.dumps(finite(values), indent=2) + "\n")
 
 
-def _finite(value):
+def finite(value):
+    """`value` with every non-finite float (NaN, ±inf) in it, nested in dicts and lists, replaced by None."""
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [finite(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value

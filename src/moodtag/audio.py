@@ -1,4 +1,5 @@
-"""Decoding, downmixing and resampling: every track enters moodtag through `load_audio`.
+"""Decoding, downmixing and resampling: every track enters moodtag through `load_audio` or, block by block with the
+same checks and samples, `stream_audio` (which `moodtag.streaming` turns into features).
 
 The sample rate is part of the model's contract (the paper's features are computed at 44.1 kHz).
 MP3, OGG (Vorbis/Opus), FLAC, WAV and AIFF are decoded by libsndfile (soundfile); M4A/MP4/AAC by PyAV,
@@ -10,6 +11,7 @@ import os
 import re
 import stat
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import soundfile as sf
@@ -55,6 +57,53 @@ def load_audio(path: str | os.PathLike, *, sample_rate: int = SAMPLE_RATE) -> np
     if not np.all(np.isfinite(audio)):
         raise AudioError(path, "decoded samples contain NaN or infinity")
     return resample(audio, native_rate, sample_rate)
+
+
+def stream_audio(path: str | os.PathLike, *, sample_rate: int = SAMPLE_RATE,
+                 block_frames: int = _DECODE_BLOCK_FRAMES) -> Iterator[np.ndarray]:
+    """Decode a file block by block: mono float32 blocks at `sample_rate` whose concatenation is `load_audio(path)`.
+
+    Memory stays at one block whatever the length of the file: blocks are downmixed as `load_audio` does and
+    resampled with soxr's streaming resampler, sample-identical to its one-shot call. PyAV formats (M4A/AAC) are
+    decoded whole and come as one block.
+
+    Raises:
+        AudioError: as `load_audio`, for the same files with the same reasons.
+    """
+    path = Path(path)
+    if path.suffix.lower() in PYAV_EXTENSIONS:
+        yield load_audio(path, sample_rate=sample_rate)
+        return
+    _check_file(path)
+    try:
+        with sf.SoundFile(path) as f:
+            yield from _stream_soundfile(path, f, sample_rate, block_frames)
+    except sf.LibsndfileError as err:
+        raise AudioError(path, _libsndfile_reason(err)) from None
+    except (sf.SoundFileError, RuntimeError) as err:
+        raise AudioError(path, f"decoder failure ({_clean(err)})") from None
+
+
+def _stream_soundfile(path: Path, f: sf.SoundFile, sample_rate: int, block_frames: int) -> Iterator[np.ndarray]:
+    if not f.samplerate or f.samplerate <= 0:
+        raise AudioError(path, f"invalid sample rate {f.samplerate}")
+    resampler = None
+    if f.samplerate != sample_rate:
+        import soxr
+
+        resampler = soxr.ResampleStream(f.samplerate, sample_rate, 1, dtype="float32", quality="HQ")
+    buffer = np.empty((block_frames, f.channels), dtype=np.float32)
+    total = 0
+    while len(block := f.read(out=buffer)):
+        mono = downmix(block)
+        if not np.all(np.isfinite(mono)):
+            raise AudioError(path, "decoded samples contain NaN or infinity")
+        total += len(mono)
+        yield mono if resampler is None else resampler.resample_chunk(mono)
+    if total == 0:
+        raise AudioError(path, "no audio samples (zero-length or truncated stream)")
+    if resampler is not None:
+        yield resampler.resample_chunk(np.zeros(0, np.float32), last=True)
 
 
 def resample(audio: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:

@@ -21,22 +21,21 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from . import __version__
-from .errors import ConfigError, DataError, MoodtagError
+from . import __version__, rundir
+from .errors import BundleError, ConfigError, DataError  # noqa: F401  (BundleError is part of this module's API)
 from .features.params import FeatureParams
+from .runners import (  # noqa: F401  (MemberRunner: part of this module's API)
+    ONNX_CUDA, MemberRunner, check_device_name, check_torch_device, onnx_providers, onnx_runner, torch_runner,
+)
 
 BUNDLE_FILE = "bundle.json"
 BUNDLE_FORMAT = 1
 MODES = ("long", "short")
 BACKENDS = ("auto", "torch", "onnx")
-
-
-class BundleError(MoodtagError):
-    """A bundle is missing, malformed or incompatible with this moodtag."""
 
 
 @dataclasses.dataclass
@@ -99,8 +98,9 @@ class Bundle:
         """Callables running each member on `device` ("cpu", "cuda", "cuda:N"), with the backend that
         `resolve_backend` chooses."""
         backend = self.resolve_backend(backend, device)
-        build = _torch_runner if backend == "torch" else _onnx_runner
-        return [MemberRunner(member, build(self, member, device)) for member in self.members]
+        if backend == "torch":
+            return [MemberRunner(member, torch_runner(self.build_model(member), device)) for member in self.members]
+        return [MemberRunner(member, onnx_runner(self.root / member.onnx, device)) for member in self.members]
 
     def resolve_backend(self, backend: str = "auto", device: str = "cpu") -> str:
         """"torch" or "onnx" for `backend` on `device`, checked without loading a model: "auto" is onnxruntime when
@@ -112,18 +112,18 @@ class Bundle:
         """
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-        device = _check_device_name(device)
+        device = check_device_name(device)
         if backend == "auto":
             backend = "onnx" if self.has_onnx(device) else "torch"
         if backend == "torch":
-            _check_torch_device(device)
+            check_torch_device(device)
             return backend
         missing = [member.name for member in self.members if not member.onnx]
         if missing:
             raise BundleError(f"{self.root}: member {missing[0]!r} has no ONNX model (export with --onnx)")
         if importlib.util.find_spec("onnxruntime") is None:
             raise BundleError("the ONNX backend needs onnxruntime: pip install 'moodtag[onnx]'")
-        if device != "cpu" and _ONNX_CUDA not in _onnx_providers():
+        if device != "cpu" and ONNX_CUDA not in onnx_providers():
             raise ConfigError(f"device {device}: this onnxruntime has no CUDA provider (pip install onnxruntime-gpu), "
                               "or use --backend torch")
         return backend
@@ -132,7 +132,7 @@ class Bundle:
         """Every member has an ONNX model and onnxruntime is installed, with a CUDA provider for a CUDA device."""
         if not all(m.onnx for m in self.members) or importlib.util.find_spec("onnxruntime") is None:
             return False
-        return device == "cpu" or _ONNX_CUDA in _onnx_providers()
+        return device == "cpu" or ONNX_CUDA in onnx_providers()
 
     def build_model(self, member: Member):
         """The member's MoodCRNN (eval mode, CPU) with its weights."""
@@ -143,93 +143,6 @@ class Bundle:
         model = MoodCRNN(CRNNConfig.from_dict(member.model_config), len(self.tags))
         model.load_state_dict(load_file(self.root / member.weights))
         return model.eval()
-
-
-class MemberRunner:
-    """A member's model as a function of torch tensors: `runner(mel, hpcp) -> logits` (batch, n_tags)."""
-
-    def __init__(self, member: Member, forward: Callable):
-        self.member = member
-        self.name, self.mode, self.steps, self.use_hpcp = member.name, member.mode, member.steps, member.use_hpcp
-        self._forward = forward
-
-    def __call__(self, mel, hpcp=None):
-        return self._forward(mel, hpcp if self.use_hpcp else None)
-
-
-_ONNX_CUDA = "CUDAExecutionProvider"
-
-
-def _check_device_name(device: str) -> str:
-    name, _, index = str(device).partition(":")
-    if name not in ("cpu", "cuda") or (index and (name == "cpu" or not index.isdigit())):
-        raise ConfigError(f"unknown device {device!r}; choose cpu, cuda or cuda:N")
-    return str(device)
-
-
-def _check_torch_device(device: str) -> None:
-    if device == "cpu":
-        return
-    import torch
-
-    if not torch.cuda.is_available():
-        raise ConfigError(f"device {device}: PyTorch sees no CUDA GPU (a CPU-only build, or no driver); "
-                          "use --device cpu")
-    index = int(device.partition(":")[2] or 0)
-    if index >= torch.cuda.device_count():
-        raise ConfigError(f"device {device}: only {torch.cuda.device_count()} CUDA GPU(s) visible")
-
-
-def _onnx_providers() -> list[str]:
-    import onnxruntime
-
-    return onnxruntime.get_available_providers()
-
-
-def _torch_runner(bundle: Bundle, member: Member, device: str = "cpu") -> Callable:
-    import torch
-
-    model = bundle.build_model(member).to(device)
-
-    def forward(mel, hpcp):
-        # Inputs arrive as CPU tensors from the feature workers; the aggregation after the model runs on CPU.
-        with torch.inference_mode():
-            return model(mel.to(device), None if hpcp is None else hpcp.to(device)).cpu()
-
-    return forward
-
-
-def _onnx_runner(bundle: Bundle, member: Member, device: str = "cpu") -> Callable:
-    """Called after `Bundle.resolve_backend` accepted the ONNX backend on `device`."""
-    import onnxruntime
-    import torch
-
-    providers = ["CPUExecutionProvider"]
-    if device != "cpu":
-        providers.insert(0, (_ONNX_CUDA, {"device_id": int(device.partition(":")[2] or 0)}))
-    session = onnxruntime.InferenceSession(str(bundle.root / member.onnx), _onnx_options(), providers=providers)
-
-    def forward(mel, hpcp):
-        feeds = {"mel": mel.numpy()}
-        if hpcp is not None:
-            feeds["hpcp"] = hpcp.numpy()
-        return torch.from_numpy(session.run(["logits"], feeds)[0])
-
-    return forward
-
-
-def _onnx_options():
-    """One thread, run sequentially, never spinning: the tagger's feature workers keep the other cores busy, and
-    onnxruntime's default (a pool of spinning threads, one per core) took CPU from them. On the loaded 2-core
-    machine one thread also ran the paper-size ensemble faster than the default on its own (benchmarks/tagging.py)."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -363,8 +276,6 @@ def write_bundle(
     An existing `out` is replaced only when it is a bundle itself (never an unrelated folder).
     training_data: what the models learnt from (`training_data_of`); None records it as unknown.
     """
-    from safetensors.torch import save_file
-
     out = Path(out)
     if out.exists() and not (out / BUNDLE_FILE).is_file():
         raise BundleError(f"{out}: exists and is not a moodtag bundle; choose another --out")
@@ -374,22 +285,8 @@ def write_bundle(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        entries = []
-        for member in members:
-            folder = "" if len(members) == 1 else f"{member.name}/"
-            (staging / folder).mkdir(parents=True, exist_ok=True)
-            weights = f"{folder}model.safetensors"
-            state = {key: value.detach().contiguous() for key, value in member.model.state_dict().items()}
-            save_file(state, str(staging / weights))
-            entry = Member(
-                name=member.name, mode=member.mode, steps=int(member.steps), model_config=member.model.config.to_dict(),
-                weights=weights, weights_sha256=sha256_of(staging / weights), source=member.source,
-            )
-            if onnx:
-                from .onnx_export import export_onnx
-
-                entry.onnx, entry.onnx_audio = export_onnx(member.model, feature_params, staging, folder)
-            entries.append(dataclasses.asdict(entry))
+        entries = [_write_member(staging, member, "" if len(members) == 1 else f"{member.name}/", feature_params, onnx)
+                   for member in members]
         info = {
             "format": BUNDLE_FORMAT,
             "moodtag_version": __version__,
@@ -411,6 +308,26 @@ def write_bundle(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def _write_member(staging: Path, member: ExportMember, folder: str, feature_params: FeatureParams,
+                  onnx: bool) -> dict:
+    """Write one member's weights (and ONNX models) under `staging/folder`; its bundle.json entry."""
+    from safetensors.torch import save_file
+
+    (staging / folder).mkdir(parents=True, exist_ok=True)
+    weights = f"{folder}model.safetensors"
+    state = {key: value.detach().contiguous() for key, value in member.model.state_dict().items()}
+    save_file(state, str(staging / weights))
+    entry = Member(
+        name=member.name, mode=member.mode, steps=int(member.steps), model_config=member.model.config.to_dict(),
+        weights=weights, weights_sha256=sha256_of(staging / weights), source=member.source,
+    )
+    if onnx:
+        from .onnx_export import export_onnx
+
+        entry.onnx, entry.onnx_audio = export_onnx(member.model, feature_params, staging, folder)
+    return dataclasses.asdict(entry)
 
 
 def _make_readable(folder: Path) -> None:
@@ -443,13 +360,13 @@ def export(source: str | os.PathLike, out: str | os.PathLike, *, onnx: bool = Fa
     without them is predicted first). The metrics saved with it are validation and, where test predictions
     exist, test, both decided with those thresholds.
     """
-    from .ensemble import ensure_predictions, load_members
+    from .ensemble import ensure_predictions
 
     source = Path(source)
-    if (source / "members.json").is_file():
-        members = load_members(source)
+    if rundir.is_ensemble(source):
+        members = rundir.load_members(source)
         runs, alpha = [("short", members.short_run), ("long", members.long_run)], members.alpha
-    elif (source / "run.json").is_file():
+    elif rundir.is_run(source):
         runs, alpha = [("model", source)], None
     else:
         raise BundleError(f"{source}: neither a training run (run.json) nor an ensemble (members.json)")
@@ -457,7 +374,7 @@ def export(source: str | os.PathLike, out: str | os.PathLike, *, onnx: bool = Fa
     if alpha is None:
         ensure_predictions(source, "validation", quiet=quiet)
     thresholds, metrics = _tune_and_score(source, runs[0][1], tags)
-    metrics["runs"] = {name: _run_summary(run) for name, run in runs}
+    metrics["runs"] = {name: _run_summary(rundir.read_run_info(run)) for name, run in runs}
     return write_bundle(out, exported, tags=tags, thresholds=thresholds, feature_params=params,
                         chunk_steps=chunk_steps, alpha=alpha, metrics=metrics, onnx=onnx,
                         training_data=_training_data(data_roots))
@@ -467,12 +384,11 @@ def _export_members(runs: list[tuple[str, Path]]) -> tuple[list[ExportMember], l
     """Load each run's best model; check that all agree on tags and features and that modes fit their roles.
 
     Also returns each member's data root (None when its config names none)."""
-    from .training import load_model
+    from .training.run import load_run
 
     exported, tags, params, chunk_steps, data_roots = [], None, None, None, {}
     for name, run in runs:
-        model, config, run_tags = load_model(run)
-        run_params = _run_feature_params(run)
+        model, config, run_tags, run_params = load_run(run)
         if tags is not None and (run_tags != tags or run_params != params):
             raise BundleError(f"{run}: tags or feature parameters differ from {runs[0][1]}'s")
         if name in MODES and config.data.mode != name:
@@ -514,33 +430,24 @@ def _training_data(data_roots: dict[str, str | None]) -> dict:
     return {"kind": "synthetic" if synthetic else "unknown", "members": records}
 
 
-def _run_feature_params(run: Path) -> FeatureParams:
-    import torch
-
-    checkpoint = torch.load(Path(run) / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
-    return FeatureParams.from_dict(checkpoint["hyper_parameters"]["feature_params"])
-
-
 def _tune_and_score(source: Path, labelled_run: Path, tags: list[str]) -> tuple[np.ndarray, dict]:
     """Thresholds tuned on `source`'s validation predictions, and the metrics they give on validation (and test)."""
-    from .ensemble import read_predictions, split_labels
     from .evaluate import evaluate, tune_thresholds
 
     metrics = {}
     thresholds = None
     for split in ("validation", "test"):
-        if split == "test" and not (source / "predictions" / "test.npy").is_file():
+        if split == "test" and not rundir.has_predictions(source, split):
             continue
-        track_ids, predicted_tags, probabilities = read_predictions(source, split)
+        track_ids, predicted_tags, probabilities = rundir.read_predictions(source, split)
         if predicted_tags != tags:
             raise BundleError(f"{source}: {split} predictions are for other tags than the model's")
-        labels = split_labels(labelled_run, split, track_ids, tags)
+        labels = rundir.split_labels(labelled_run, split, track_ids, tags)
         if thresholds is None:
             thresholds = tune_thresholds(labels, probabilities)
         metrics[split] = evaluate(labels, probabilities, thresholds=thresholds, tags=tags)
     return thresholds, metrics
 
 
-def _run_summary(run: Path) -> dict:
-    info = json.loads((Path(run) / "run.json").read_text())
+def _run_summary(info: dict) -> dict:
     return {key: info.get(key) for key in ("name", "best_epoch", "best", "n_train", "feature_hash", "versions")}

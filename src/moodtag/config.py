@@ -73,11 +73,21 @@ class ModelConfig:
     preset: str = "paper"
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    def build_config(self):
-        """The CRNNConfig this section describes."""
+    def build_config(self, feature_params=None):
+        """The CRNNConfig this section describes; given the FeatureParams of the training features, its input sizes
+        are theirs (moodtag.features.contract.input_sizes), and a config that states others is refused."""
         from .models import resolve_model_config
 
-        return resolve_model_config({"preset": self.preset, **self.overrides})
+        config = resolve_model_config({"preset": self.preset, **self.overrides})
+        if feature_params is None:
+            return config
+        from .features.contract import input_sizes
+
+        sizes = input_sizes(feature_params)
+        stated = {name: self.overrides[name] for name in sizes if name in self.overrides}
+        if any(stated[name] != sizes[name] for name in stated):
+            raise ConfigError(f"model: {stated} disagrees with the features ({sizes})")
+        return dataclasses.replace(config, **sizes)
 
     @property
     def use_hpcp(self) -> bool:

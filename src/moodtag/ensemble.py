@@ -4,15 +4,11 @@ The paper writes the sum over logits (`l_final`), but its released ensemble file
 `0.7 * short + 0.3 * noisy` of the released *probability* files, so moodtag combines probabilities, as the
 results were made. alpha = 1 is the short model alone, alpha = 0 the long one.
 
-An ensemble directory looks like a training run to everything downstream: `predictions/<split>.npy` (+ `.csv`)
-for validation and test, plus `alpha.json` (the chosen alpha, the metric, and the whole alpha curve on validation)
-and `members.json` (the two member runs), which `load_members` reads back to build a tagger bundle.
+An ensemble directory looks like a training run to everything downstream; its files are moodtag.rundir's.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import logging
 import os
 from pathlib import Path
@@ -21,9 +17,12 @@ from typing import Sequence
 import numpy as np
 
 from . import evaluate as evaluation
-from .atomic import atomic_write_text
-from .predictions import write_predictions
 from .errors import DataError
+# Members, load_members, read_predictions, split_labels and is_finished are part of this module's API.
+from .rundir import (  # noqa: F401
+    Members, has_predictions, is_finished, load_members, read_predictions, save_predictions, split_labels,
+    write_ensemble,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,76 +90,14 @@ def search_alpha(
     return AlphaSearch(float(grid[int(np.argmax(scores))]), metric, grid, scores)
 
 
-@dataclasses.dataclass
-class Members:
-    """What an ensemble is made of: the two member runs and the weight of the short one."""
-
-    short_run: Path
-    long_run: Path
-    alpha: float
-
-
-def load_members(ensemble_dir: str | os.PathLike) -> Members:
-    """The member runs and alpha of an ensemble written by `build_ensemble` (for tagger bundles)."""
-    ensemble_dir = Path(ensemble_dir)
-    try:
-        members = json.loads((ensemble_dir / "members.json").read_text())
-        alpha = float(json.loads((ensemble_dir / "alpha.json").read_text())["alpha"])
-        return Members(_resolve(ensemble_dir, members["short_run"]), _resolve(ensemble_dir, members["long_run"]), alpha)
-    except (OSError, ValueError, KeyError) as err:
-        raise DataError(f"{ensemble_dir}: not a finished ensemble ({err})") from None
-
-
-def _resolve(base: Path, path: str) -> Path:
-    """Member paths are stored relative to the ensemble directory so a results folder can be moved whole."""
-    return (base / path).resolve()
-
-
-def save_predictions(out_dir: Path, split: str, track_ids: Sequence[str], tags: Sequence[str], probabilities: np.ndarray) -> None:
-    """Write `predictions/<split>.npy` (float32) and `.csv` (track_id + one column per tag) atomically."""
-    write_predictions(out_dir / "predictions" / split, track_ids, tags, probabilities)
-
-
-def read_predictions(run_dir: str | os.PathLike, split: str) -> tuple[list[str], list[str], np.ndarray]:
-    """(track_ids, tags, probabilities) of `moodtag predict RUN --split SPLIT` (or an ensemble) from its files."""
-    folder = Path(run_dir) / "predictions"
-    csv_path, npy_path = folder / f"{split}.csv", folder / f"{split}.npy"
-    if not npy_path.is_file() or not csv_path.is_file():
-        raise DataError(f"{run_dir}: no {split} predictions (run `moodtag predict {run_dir} --split {split}`)")
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        header = next(reader, [""])
-        track_ids = [row[0] for row in reader if row]
-    probabilities = np.load(npy_path)
-    if header[0] != "track_id" or probabilities.shape != (len(track_ids), len(header) - 1):
-        raise DataError(f"{folder}: {split}.npy {probabilities.shape} does not match {split}.csv")
-    return track_ids, header[1:], probabilities
-
-
 def ensure_predictions(run_dir: str | os.PathLike, split: str, *, quiet: bool = False) -> bool:
     """Predict `split` with a training run unless its prediction files exist; True when it predicted."""
-    folder = Path(run_dir) / "predictions"
-    if (folder / f"{split}.npy").is_file() and (folder / f"{split}.csv").is_file():
+    if has_predictions(run_dir, split):
         return False
     from .training import predict_split
 
     predict_split(run_dir, split, progress=not quiet)
     return True
-
-
-def split_labels(run_dir: str | os.PathLike, split: str, track_ids: Sequence[str], tags: Sequence[str]) -> np.ndarray:
-    """(n_tracks, n_tags) 0/1 labels of `track_ids` from the split TSV named in the run's saved config."""
-    from .config import load_config
-    from .data.splits import read_split
-
-    data = load_config(Path(run_dir) / "config.yaml").data
-    tsv = data.path({"train": data.train_split, "validation": data.validation_split, "test": data.test_split}[split])
-    table = read_split(tsv)
-    row = {track_id: i for i, track_id in enumerate(table.track_ids)}
-    missing = [track_id for track_id in track_ids if track_id not in row]
-    if missing:
-        raise DataError(f"{tsv}: {len(missing)} predicted tracks are not in the split (e.g. {missing[0]})")
-    return table.labels(list(tags))[[row[track_id] for track_id in track_ids]]
 
 
 def build_ensemble(
@@ -185,9 +122,7 @@ def build_ensemble(
     for split in splits:
         track_ids, tags, short, long = members[split]
         save_predictions(out_dir, split, track_ids, tags, combine(short, long, search.alpha))
-    relative = {name: os.path.relpath(run.resolve(), out_dir.resolve()) for name, run in (("short_run", short_run), ("long_run", long_run))}
-    atomic_write_text(out_dir / "members.json", json.dumps(relative, indent=2))
-    atomic_write_text(out_dir / "alpha.json", json.dumps({**search.to_dict(), "step": step}, indent=2))
+    write_ensemble(out_dir, short_run, long_run, {**search.to_dict(), "step": step})
     return search
 
 
@@ -202,7 +137,3 @@ def _aligned(short_run: Path, long_run: Path, split: str):
         order = {track_id: i for i, track_id in enumerate(long_ids)}
         long = long[[order[track_id] for track_id in short_ids]]
     return short_ids, short_tags, short, long
-
-
-def is_finished(ensemble_dir: str | os.PathLike) -> bool:
-    return (Path(ensemble_dir) / "alpha.json").is_file()

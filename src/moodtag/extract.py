@@ -3,39 +3,34 @@
     summary = extract("music/", "store/", workers=2)          # a folder, recursively
     summary = extract("corpus/splits/train.tsv", "store/", audio_root="corpus/audio")
 
-Each track is decoded, turned into mel + HPCP and written atomically by the process that computed it; the
+Each track is decoded and turned into mel + HPCP block by block (moodtag.streaming, the tagger's path too, so memory
+does not grow with a track's length) and written atomically by the process that computed it; the
 parent journals the outcome. One bad file becomes a line in the failure list and never stops the run; a
 killed run loses nothing when rerun, because finished tracks are found in the store and skipped.
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
-import hashlib
 import logging
-import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .audio import AUDIO_EXTENSIONS, load_audio
+from .audio import AUDIO_EXTENSIONS
 from .data.splits import HEADER, read_split
-from .errors import AudioError, ConfigError, DataError, MoodtagError
-from .features import FeatureParams, compute_features
+from .errors import AudioError, DataError, MoodtagError
+from .features import FeatureParams
+# parse_shard and shard_of are part of this module's API.
+from .pool import Crashed, check_shard, parse_shard, pool_map, shard_of  # noqa: F401
 from .store import FeatureStore, IndexRecord, validate_track_id, write_failures
+from .streaming import file_features
 
 logger = logging.getLogger(__name__)
-
-# A track whose worker dies this many times (segfaulting decoder, out of memory) is recorded as failed.
-_MAX_WORKER_CRASHES = 2
-
 
 @dataclasses.dataclass(frozen=True)
 class Track:
@@ -97,7 +92,7 @@ def extract(
         ExtractSummary; its `failures` are also written to `failures.tsv` (per shard) in the store.
     """
     start = time.perf_counter()
-    index, count = _check_shard(shard)
+    index, count = check_shard(shard)
     tracks, rejected = discover(inputs, audio_root=audio_root)
     tracks = [t for t in tracks if shard_of(t.track_id, count) == index]
     store = FeatureStore.create(out_dir, params)
@@ -147,7 +142,7 @@ def _run(store: FeatureStore, journal, pending: list[Track], summary: ExtractSum
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     task = functools.partial(_extract_track, root=store.root, params=store.params, device=device)
-    results = _pool_results(pending, workers, task) if workers > 1 else map(task, pending)
+    results = _pool_results(pending, workers if workers > 1 else 0, task)
     with logging_redirect_tqdm(), tqdm(total=len(pending), unit="track", disable=quiet, file=sys.stderr,
                                        dynamic_ncols=True, desc="extract") as progress:
         for record in results:
@@ -172,9 +167,7 @@ def _extract_track(track: Track, *, root: Path, params: FeatureParams, device: s
     """Decode, compute and store one track; every failure becomes a "failed" record, never an exception."""
     store = FeatureStore(root, params)
     try:
-        audio = load_audio(track.path, sample_rate=params.sample_rate)
-        features = compute_features(audio, params, device=device)
-        del audio
+        features = file_features(track.path, params, device=device)
         if not (np.isfinite(features.mel).all() and np.isfinite(features.hpcp).all()):
             raise DataError("features contain NaN or infinity")
         store.write(track.track_id, features)
@@ -189,85 +182,15 @@ def _extract_track(track: Track, *, root: Path, params: FeatureParams, device: s
                        features.feature_hash, str(track.path), "", time.time())
 
 
+def _pool_results(tracks: list[Track], workers: int, task) -> Iterator[IndexRecord]:
+    """`task`'s record of each track as it finishes (`moodtag.pool.pool_map`; 0 workers: in this process); a
+    track whose worker process kept dying is a failed record."""
+    for track, record in pool_map(task, tracks, workers=workers):
+        yield _failed(track, record.reason) if isinstance(record, Crashed) else record
+
+
 def _failed(track: Track, reason: str) -> IndexRecord:
     return IndexRecord(track.track_id, "failed", source=str(track.path), reason=reason, time=time.time())
-
-
-def _init_worker() -> None:
-    import torch
-
-    # Parallelism comes from the processes; threads inside each would only fight over the same cores.
-    torch.set_num_threads(1)
-
-
-def _pool_results(tracks: list[Track], workers: int, task) -> Iterator[IndexRecord]:
-    """Run `task` over `tracks` in `workers` processes, yielding records as they finish (in any order).
-
-    At most `workers` tracks are in flight, so when a worker dies (a crashing decoder, the OOM killer) the
-    tracks it may have held are known: they are retried in a fresh pool, and failed after repeated crashes.
-    """
-    queue = collections.deque(tracks)
-    crashes: collections.Counter[str] = collections.Counter()
-    context = multiprocessing.get_context("spawn")
-    while queue:
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
-            running: dict[Future, Track] = {}
-            try:
-                while queue or running:
-                    while queue and len(running) < workers:
-                        track = queue.popleft()
-                        running[pool.submit(task, track)] = track
-                    done, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        record = future.result()
-                        del running[future]
-                        yield record
-            except BrokenProcessPool:
-                for future, track in running.items():
-                    if future.done() and not future.cancelled() and future.exception() is None:
-                        yield future.result()
-                        continue
-                    crashes[track.track_id] += 1
-                    if crashes[track.track_id] >= _MAX_WORKER_CRASHES:
-                        yield _failed(track, "worker process died on this file (decoder crash or out of memory)")
-                    else:
-                        queue.appendleft(track)
-
-
-def shard_of(track_id: str, count: int) -> int:
-    """The shard (0..count-1) a track belongs to: a stable hash of its id, the same on every machine and run."""
-    digest = hashlib.sha1(track_id.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % count
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """"i/N" -> (i, N); "auto" reads RANK/WORLD_SIZE (torchrun) or SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT."""
-    if text == "auto":
-        return _shard_from_environment()
-    index, sep, count = text.partition("/")
-    try:
-        if not sep:
-            raise ValueError
-        return _check_shard((int(index), int(count)))
-    except ValueError:
-        raise ConfigError(f"--shard {text!r}: expected i/N with 0 <= i < N, e.g. 0/4, or 'auto'") from None
-
-
-def _shard_from_environment() -> tuple[int, int]:
-    launchers = (("RANK", "WORLD_SIZE"), ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT"),
-                 ("SLURM_PROCID", "SLURM_NTASKS"))
-    for rank, size in launchers:
-        if rank in os.environ and size in os.environ:
-            offset = int(os.environ.get("SLURM_ARRAY_TASK_MIN", 0)) if rank == "SLURM_ARRAY_TASK_ID" else 0
-            return _check_shard((int(os.environ[rank]) - offset, int(os.environ[size])))
-    raise ConfigError("--shard auto: none of RANK/WORLD_SIZE, SLURM_ARRAY_TASK_ID/COUNT, SLURM_PROCID/NTASKS is set")
-
-
-def _check_shard(shard: tuple[int, int]) -> tuple[int, int]:
-    index, count = shard
-    if count < 1 or not 0 <= index < count:
-        raise ConfigError(f"shard {index}/{count}: expected 0 <= i < N")
-    return index, count
 
 
 def discover(

@@ -40,40 +40,13 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .atomic import atomic_path
-from .errors import DataError
+from .errors import DataError, MergeError, shown as _shown  # noqa: F401  (MergeError is part of this module's API)
 from .predictions import write_predictions, write_predictions_csv
 
 log = logging.getLogger(__name__)
 
 # Arrays of a row file that are not one-row-per-track.
 META_KEYS = ("tags", "missing", "shard")
-SHOWN = 20
-
-
-class MergeError(DataError):
-    """Parts that do not cover the tracks exactly once; the attributes hold the full lists."""
-
-    def __init__(self, duplicates: dict[str, list[str]], missing: list[str], unexpected: list[str],
-                 shard_problems: list[str], notes: Mapping[str, str] | None = None, expected_from: str = "the split"):
-        self.duplicates, self.missing, self.unexpected = duplicates, missing, unexpected
-        self.shard_problems, self.expected_from = shard_problems, expected_from
-        notes = notes or {}
-        problems = []
-        if duplicates:
-            listed = [f"{track} ({', '.join(parts)})" for track, parts in duplicates.items()]
-            problems.append(f"{len(duplicates)} tracks in more than one part: {_shown(listed)}")
-        if missing:
-            listed = [f"{track} ({notes[track]})" if track in notes else track for track in missing]
-            problems.append(f"{len(missing)} tracks of {expected_from} in no part: {_shown(listed)}")
-        if unexpected:
-            problems.append(f"{len(unexpected)} tracks not in {expected_from}: {_shown(unexpected)}")
-        problems.extend(shard_problems)
-        super().__init__("; ".join(problems))
-
-
-def _shown(items: Sequence[str]) -> str:
-    more = f", ... and {len(items) - SHOWN} more" if len(items) > SHOWN else ""
-    return ", ".join(items[:SHOWN]) + more
 
 
 def check_coverage(
@@ -335,10 +308,10 @@ def shard_inputs(paths: Sequence[str], failures: Sequence[tuple[str, str]],
     """The part of a `moodtag tag` run's inputs that shard (i, N) tags: its audio paths, its unusable inputs, and
     the manifest that describes it (`write_shard_manifest`).
 
-    Inputs go to shards by `moodtag.extract.shard_of` of the path as discovered (the stable hash of
+    Inputs go to shards by `moodtag.pool.shard_of` of the path as discovered (the stable hash of
     `extract --shard`), so N runs given the same inputs from the same directory cover each input exactly once.
     """
-    from .extract import shard_of
+    from .pool import shard_of
 
     index, count = shard
     entries = [*paths, *(name for name, _ in failures)]
@@ -366,7 +339,8 @@ def merge_tag_outputs(parts: Sequence[str | os.PathLike], out: str | os.PathLike
     cover 0..N-1 once and come from the same inputs; records then follow the order of an unsharded run and the
     failures go to OUT.failures.tsv. Returns a summary: tracks, failed (track -> reason).
     """
-    from .writers import format_for, read_blocks, write_failures
+    from .failures import write_failures
+    from .writers import format_for, read_blocks
 
     names = [str(part) for part in parts]
     loaded = [read_blocks(part) for part in parts]

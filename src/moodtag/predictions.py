@@ -4,6 +4,9 @@
     <base>.logits.npy   (tracks, tags) float32 logits (when the writer has them)
     <base>.csv          track_id + one column per tag (probabilities, 7 significant digits)
     <base>.missing.txt  tracks of the split without features (only when there are any)
+
+Logits become probabilities here: `sigmoid` (float64) for the tagger and pseudo-labels, `file_probabilities` for the
+float32 probabilities of these files.
 """
 from __future__ import annotations
 
@@ -15,6 +18,19 @@ from typing import Sequence
 import numpy as np
 
 from .atomic import atomic_path, atomic_write_text
+
+
+def sigmoid(logits: np.ndarray, dtype=np.float64) -> np.ndarray:
+    """1 / (1 + exp(-logits)), computed in float64 and returned as `dtype`."""
+    return (1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))).astype(dtype, copy=False)
+
+
+def file_probabilities(logits: np.ndarray) -> np.ndarray:
+    """The float32 probabilities `moodtag predict` writes: torch's float32 sigmoid, as the files have always held
+    (it differs from `sigmoid(logits, np.float32)` in the last bit for about a third of the values)."""
+    import torch
+
+    return torch.sigmoid(torch.from_numpy(np.asarray(logits, dtype=np.float32))).numpy()
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:

@@ -33,6 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
+from . import rundir
 from .atomic import atomic_write_text
 from .config import load_config
 from .data.splits import Split, read_split, write_split
@@ -193,9 +194,7 @@ def _measured_rows(rows) -> dict[str, dict]:
 
 def _ensemble_row(name: str, run_dir: Path, entries: dict[str, dict]) -> dict:
     """The ensemble trains nothing; predicting a track runs both members."""
-    from .ensemble import load_members
-
-    members = load_members(run_dir)
+    members = rundir.load_members(run_dir)
     short, long = entries[members.short_run.name], entries[members.long_run.name]
     return {"row": name, "kind": "ensemble", "status": "completed", "parameters": short["parameters"] + long["parameters"],
             "peak_rss_mb": max(short["peak_rss_mb"], long["peak_rss_mb"]), "step_seconds": None, "step_cpu_seconds": None,
@@ -229,7 +228,7 @@ def measure_row(run_dir: str) -> dict:
     from .training.run import load_model, predict
 
     run_dir = Path(run_dir)
-    config = load_config(run_dir / "config.yaml")
+    config = rundir.read_run_config(run_dir)
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries the results
         step_seconds, step_cpu_seconds = _training_step_seconds(config)
         test = read_split(config.data.path(config.data.test_split)).track_ids
@@ -260,8 +259,8 @@ def _training_step_seconds(config) -> tuple[float, float]:
     L.seed_everything(config.train.seed, verbose=False)
     datamodule = MoodDataModule(config, pseudo_labels=pseudo_labels_path(config))
     params = datamodule.store.params
-    module = TaggingModule(config.to_dict(), datamodule.tags, config.model.build_config().to_dict(), params.to_dict(),
-                           params.hpcp_frames_per_mel_step)
+    module = TaggingModule(config.to_dict(), datamodule.tags, config.model.build_config(params).to_dict(),
+                           params.to_dict(), params.hpcp_frames_per_mel_step)
     timer = _step_timer()
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")  # inside Lightning, not ours
@@ -280,13 +279,12 @@ def pool_check(run_dir: Path) -> dict:
     """Whether a student's pool kept out the labelled splits: no track its teacher pseudo-labelled and no track it
     trained on as pool is in train, validation or test."""
     from .data.datasets import split_track_ids
-    from .training.pseudo_label import load_labels
-    from .training.run import pseudo_labels_path, read_run_info
+    from .training.run import pseudo_labels_path
 
-    config = load_config(run_dir / "config.yaml")
+    config = rundir.read_run_config(run_dir)
     labelled = split_track_ids(config.data)
-    pseudo_labelled = set(load_labels(pseudo_labels_path(config))[0])
-    pool = read_run_info(run_dir)["pool"]
+    pseudo_labelled = set(rundir.load_labels(pseudo_labels_path(config))[0])
+    pool = rundir.read_run_info(run_dir)["pool"]
     in_splits = len(pseudo_labelled & labelled)
     return {
         "passed": in_splits == 0 and pool["evaluation_tracks"] == 0 and pool["tracks"] > 0,

@@ -20,6 +20,22 @@ if TYPE_CHECKING:
 
 N_CURVE_TAGS = 4
 
+# Every summary metric of moodtag.evaluate.evaluate, as `moodtag evaluate` names it.
+METRIC_LABELS = {
+    "roc_auc_macro": "ROC-AUC (macro)",
+    "pr_auc_macro": "PR-AUC (macro)",
+    "roc_auc_micro": "ROC-AUC (micro)",
+    "pr_auc_micro": "PR-AUC (micro)",
+    "precision_macro": "precision (macro)",
+    "recall_macro": "recall (macro)",
+    "f1_macro": "F-score (macro)",
+    "precision_micro": "precision (micro)",
+    "recall_micro": "recall (micro)",
+    "f1_micro": "F-score (micro)",
+    "avg_tpr": "avg TPR",
+    "avg_tnr": "avg TNR",
+}
+
 
 def _pyplot():
     import matplotlib
@@ -234,6 +250,17 @@ def _bounds(pair) -> str:
     if not pair or any(v is None or not math.isfinite(v) for v in pair):
         return ""
     return f" [{pair[0]:.3f}, {pair[1]:.3f}]"
+
+
+def summary_table(columns: list[str], summaries: list[dict]) -> str:
+    """Every METRIC_LABELS metric (rows) of each summary (columns), as `moodtag evaluate` prints them."""
+    width = max(len(label) for label in METRIC_LABELS.values())
+    widths = [max(len(column), 6) for column in columns]
+    lines = ["  ".join([" " * width] + [column.rjust(w) for column, w in zip(columns, widths)])]
+    for key, label in METRIC_LABELS.items():
+        values = [f"{summary[key]:.4f}".rjust(w) for summary, w in zip(summaries, widths)]
+        lines.append("  ".join([label.ljust(width)] + values))
+    return "\n".join(lines)
 
 
 def _metrics_header() -> list[str]:

@@ -21,7 +21,6 @@ writes the mean ± sd of every row and the claims over all seeds to `<out>/resul
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import multiprocessing
 import os
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import ensemble as ens
+from . import rundir
 from .atomic import atomic_write_json, atomic_write_text
 from .config import RunConfig, load_config
 from .errors import ConfigError, DataError, MoodtagError
@@ -278,17 +278,12 @@ def _guarded(step, *args) -> tuple[str, object]:
         return "failed", str(err)
 
 
-def _completed(run_dir: Path) -> bool:
-    info = run_dir / "run.json"
-    return info.is_file() and json.loads(info.read_text()).get("status") == "completed"
-
-
 def _train_and_predict(config: RunConfig, quiet: bool) -> list[str]:
     from .training import train
 
     done = []
     run_dir = Path(config.run_dir)
-    was_completed = _completed(run_dir)
+    was_completed = rundir.is_completed(run_dir)
     # Called for finished runs too: it refuses a run made with other settings instead of reusing it silently.
     train(config, resume=True, quiet=quiet)
     if not was_completed:
@@ -307,13 +302,14 @@ def _run_student(row: Row, teacher: Row, quiet: bool) -> list[str]:
     done: list[str] = []
     rounds = _round_dirs(row)
     for run_dir, teacher_dir in zip(rounds, _teacher_dirs(row, teacher)):
-        labels_dir = teacher_dir / "pseudo-labels"
-        if not _completed(run_dir):
+        labels_dir = rundir.pseudo_labels_dir(teacher_dir)
+        if not rundir.is_completed(run_dir):
             if pseudo_label(teacher_dir, out_dir=labels_dir, quiet=quiet, **student_pool_settings(row.config)).ran:
                 done.append(f"pseudo-label {teacher_dir.name}")
         config = dataclasses.replace(
             row.config, name=run_dir.name, run_dir=str(run_dir),
-            student=dataclasses.replace(student, teacher=teacher_dir.name, pseudo_labels=str(labels_dir / "labels.npz")),
+            student=dataclasses.replace(student, teacher=teacher_dir.name,
+                                        pseudo_labels=str(rundir.pseudo_labels_file(teacher_dir))),
         )
         done += _train_and_predict(config, quiet)
     return done
@@ -332,7 +328,7 @@ def _teacher_dirs(row: Row, teacher: Row) -> list[Path]:
 
 def _run_ensemble(row: Row, spec: EnsembleSpec) -> list[str]:
     short_run, long_run = row.dependency_dirs
-    if ens.is_finished(row.run_dir):
+    if rundir.is_finished(row.run_dir):
         return []
     ens.build_ensemble(short_run, long_run, row.run_dir, metric=spec.metric, step=spec.step)
     return [f"ensemble {row.name}"]
@@ -366,7 +362,8 @@ def _write_report(results: Results, rows: list[Row]) -> Path:
 
     by_name = {row.name: row for row in rows}
     pseudo_labels = {
-        row.name: _teacher_dirs(row, by_name[row.depends[0]])[-1] / "pseudo-labels" for row in rows if row.kind == "student"
+        row.name: rundir.pseudo_labels_dir(_teacher_dirs(row, by_name[row.depends[0]])[-1])
+        for row in rows if row.kind == "student"
     }
     return write_report(
         results, test_scores=results.test.scores, test_labels=results.test.labels, tags=results.test.tags,

@@ -7,14 +7,13 @@ and with thresholds tuned on validation (what a deployed tagger can do). moodtag
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
 from . import bootstrap
-from . import ensemble as ens
+from . import rundir
 from . import evaluate as evaluation
 from .errors import DataError
 
@@ -191,8 +190,8 @@ def evaluate_row(name: str, kind: str, run_dir: Path, label_run: Path, weights: 
     """
     splits = {}
     for split in EVALUATED_SPLITS:
-        track_ids, tags, scores = ens.read_predictions(run_dir, split)
-        splits[split] = (track_ids, ens.split_labels(label_run, split, track_ids, tags), scores)
+        track_ids, tags, scores = rundir.read_predictions(run_dir, split)
+        splits[split] = (track_ids, rundir.split_labels(label_run, split, track_ids, tags), scores)
     _, y_val, s_val = splits["validation"]
     _, y_test, s_test = splits["test"]
     tuned_thresholds = evaluation.tune_thresholds(y_val, s_val)
@@ -223,8 +222,7 @@ def _intervals(values: dict) -> dict[str, list[float]]:
 
 
 def _run_info(run_dir: Path) -> dict:
-    path = run_dir / "run.json"
-    info = json.loads(path.read_text()) if path.is_file() else {}
+    info = rundir.run_info_or_empty(run_dir)
     return {"numerics": info.get("numerics"), "pool": info.get("pool")}
 
 
@@ -237,7 +235,7 @@ def score_rows(rows, config_dir: Path, out_dir: Path, steps_run: list[str], *, p
     label_run = next(row.run_dir for row in rows if row.kind == "teacher")
     order = {name: i for i, name in enumerate(PAPER_ORDER)}
     ranked = sorted(rows, key=lambda r: (order.get(r.name, len(order)), rows.index(r)))
-    test_ids, _ = ens.read_predictions(label_run, "test")[:2]
+    test_ids, _ = rundir.read_predictions(label_run, "test")[:2]
     weights = bootstrap.resample_weights(len(test_ids))
     results = Results(config_dir, out_dir, [], steps_run, ensemble_members=ensemble_members, seed=seed)
     for row in ranked:
@@ -249,7 +247,7 @@ def score_rows(rows, config_dir: Path, out_dir: Path, steps_run: list[str], *, p
         results.test.scores[row.name] = scores
         results.rows.append(result)
         results.replicates[row.name] = values
-    results.alpha = next((json.loads((r.run_dir / "alpha.json").read_text()) for r in rows if r.kind == "ensemble"), None)
+    results.alpha = next((rundir.read_alpha(r.run_dir) for r in rows if r.kind == "ensemble"), None)
     results.findings = measure_claims([results], paper_claims(ensemble_members))
     return results
 

@@ -27,8 +27,10 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from . import failures as failures_list
 from .atomic import atomic_path, atomic_write_text
 from .errors import DataError
+from .failures import tsv_field as _tsv_field
 from .features import FeatureParams, TrackFeatures
 
 FEATURE_SUFFIX = ".npz"
@@ -37,7 +39,6 @@ TEMP_SUFFIX = ".tmp"
 INDEX_COLUMNS = (
     "track_id", "status", "mel_steps", "hpcp_frames", "duration", "feature_hash", "source", "reason", "time"
 )
-FAILURE_COLUMNS = ("file", "reason", "track_id")
 _FORBIDDEN_CHARACTERS = ("\t", "\n", "\r", "\0", "\\")
 
 
@@ -249,11 +250,8 @@ class Journal:
 
 
 def write_failures(path: str | os.PathLike, failures: Iterable[IndexRecord]) -> Path:
-    """Write `file<TAB>reason<TAB>track_id` for every failed record (atomically; header only when none failed)."""
-    lines = ["\t".join(FAILURE_COLUMNS) + "\n"]
-    lines += [f"{_tsv_field(r.source)}\t{_tsv_field(r.reason)}\t{_tsv_field(r.track_id)}\n" for r in failures]
-    atomic_write_text(path, "".join(lines))
-    return Path(path)
+    """The failures list (`moodtag.failures`) of failed records."""
+    return failures_list.write_failures(path, [(r.source, r.reason, r.track_id) for r in failures])
 
 
 def _read_journal(path: Path) -> Iterable[IndexRecord]:
@@ -280,8 +278,3 @@ def _read_feature_file(path: Path) -> TrackFeatures:
             )
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         raise DataError(f"{path}: unreadable feature file ({err})") from None
-
-
-def _tsv_field(text: str) -> str:
-    """Keep free text (paths, error messages) on one TSV field."""
-    return " ".join(str(text).replace("\t", " ").splitlines())

@@ -1,16 +1,12 @@
-"""Features of long files in bounded memory: decode, resample and compute mel + HPCP segment by segment.
+"""Audio file -> features in bounded memory: the one path from a file to mel + HPCP (`moodtag extract`, the tagger).
 
-`load_audio` holds a whole track as float32 (10.6 MB per minute); for a multi-hour mix that is gigabytes per worker.
-Here audio is read in blocks, resampled with soxr's streaming resampler (sample-identical to the one-shot call), and
-features are computed on segments of SEGMENT_SAMPLES with CONTEXT_SAMPLES of real audio on each side; the steps a
-segment keeps are exactly those whose frames lie inside real audio, so the result equals `compute_features` on the
-whole signal (up to float rounding of the STFT) while memory stays at a few segments.
-
-Why it is exact: a pooled mel step covers 10 STFT frames of hop 512 (5120 samples) centred on multiples of 512, and
-an HPCP frame is centred on a multiple of 2048. Segments start on multiples of 10240 = lcm(5120, 2048), so their
-frame grids coincide with the whole track's; the context (10240 samples) is wider than any frame's half-window
-(1024 and 2048 samples), so no kept frame sees the segment's edge padding, and the last segment ends where the
-track ends, so the step and frame counts are the whole track's.
+`load_audio` holds a whole track as float32 (10.6 MB per minute), and `compute_features` on it holds frames and
+spectra besides; for a long mix that is gigabytes. Here audio is decoded and resampled block by block
+(`moodtag.audio.stream_audio`), and the mel and HPCP are computed in exactly the frame blocks that
+`log_mel_spectrogram` and `hpcpgram` use on the whole signal (`mel_blocks`, `hpcp_blocks`), each as soon as the
+samples it reads have arrived. A block sees the very samples it would see in the whole signal (and the track's length
+where it is padded at the end), so the features are bit-identical to `compute_features(load_audio(path))`, while
+memory holds about one block of samples (≈30 s) besides the features themselves.
 """
 from __future__ import annotations
 
@@ -19,35 +15,54 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import PYAV_EXTENSIONS, downmix, load_audio
+from .audio import stream_audio
 from .errors import AudioError
-from .features import FeatureParams, TrackFeatures, compute_features
+from .features import FeatureParams, TrackFeatures
+from .features.contract import grid_samples
 
-# Files longer than this are streamed; shorter ones go through load_audio (whose checks every command shares).
+# Of the default parameters: the lcm of the mel step (5120 samples) and the HPCP hop (2048); see features.contract.
+GRID_SAMPLES = grid_samples(FeatureParams())
+# Frames decoded per read (≈1.5 s at 44.1 kHz): the granularity at which blocks become computable.
+SEGMENT_SAMPLES = 1 << 16
+# Files up to this long are decoded whole (`load_audio`) and computed in the feature functions' large blocks, the
+# fastest way; longer ones are streamed in smaller blocks, which hold memory to ~300 MB for a 25-minute track at a
+# ~1.3x cost per second of audio. Both give the same features.
 STREAM_ABOVE_SECONDS = 600.0
-GRID_SAMPLES = 10240  # lcm of the mel step (5120 samples) and the HPCP hop (2048)
-CONTEXT_SAMPLES = GRID_SAMPLES
-SEGMENT_SAMPLES = 256 * GRID_SAMPLES  # ≈59 s at 44.1 kHz
-_READ_FRAMES = 1 << 16
+STREAM_MEL_BLOCK, STREAM_HPCP_BLOCK = 640, 256
 
 
-def file_features(path: str | os.PathLike, params: FeatureParams = FeatureParams(), *,
+def file_features(path: str | os.PathLike, params: FeatureParams = FeatureParams(), *, device: str = "cpu",
                   stream_above_seconds: float = STREAM_ABOVE_SECONDS,
                   segment_samples: int = SEGMENT_SAMPLES) -> TrackFeatures:
-    """Mel + HPCP of an audio file, streamed when it is longer than `stream_above_seconds`.
+    """Mel + HPCP of an audio file, equal to `compute_features(load_audio(path), params)`.
+
+    device: where the mel front end runs. segment_samples: frames decoded per read. stream_above_seconds: files up
+    to this long (by their header) are decoded whole, which is a little faster for short files.
 
     Raises:
         AudioError: the file cannot be decoded (named, with the reason).
     """
     path = Path(path)
     duration = _duration(path)
-    if duration is None or duration <= stream_above_seconds:
-        return compute_features(load_audio(path, sample_rate=params.sample_rate), params)
-    return streamed_features(path, params, segment_samples=segment_samples)
+    if stream_above_seconds > 0:
+        if duration is None or duration <= stream_above_seconds:
+            from .audio import load_audio
+            from .features import compute_features
+
+            return compute_features(load_audio(path, sample_rate=params.sample_rate), params, device=device)
+    _return_freed_memory()
+    features = FeatureStream(params, device, expected_seconds=duration)
+    for block in stream_audio(path, sample_rate=params.sample_rate, block_frames=segment_samples):
+        features.feed(block)
+    if features.n_samples == 0:
+        raise AudioError(path, "no audio samples (zero-length or truncated stream)")
+    return features.finish()
 
 
 def _duration(path: Path) -> float | None:
     """Seconds according to the header, or None when only load_audio can tell (PyAV formats, unreadable headers)."""
+    from .audio import PYAV_EXTENSIONS
+
     if path.suffix.lower() in PYAV_EXTENSIONS:
         return None
     import soundfile as sf
@@ -59,58 +74,124 @@ def _duration(path: Path) -> float | None:
     return info.frames / info.samplerate if info.samplerate > 0 and info.frames > 0 else None
 
 
-def streamed_features(path: Path, params: FeatureParams, *, segment_samples: int = SEGMENT_SAMPLES) -> TrackFeatures:
-    """`compute_features` of the whole file, computed one segment at a time (see the module docstring)."""
-    if segment_samples % GRID_SAMPLES:
-        raise ValueError(f"segment_samples must be a multiple of {GRID_SAMPLES}")
-    mel_parts, hpcp_parts = [], []
-    buffer = np.zeros(0, np.float32)
-    offset = 0  # index in the track of buffer[0]
-    start = 0  # first sample of the next segment to keep
-    total = 0
-    for block in _resampled_blocks(path, params.sample_rate):
-        total += block.size
-        buffer = np.concatenate([buffer, block])
-        while offset + buffer.size >= start + segment_samples + CONTEXT_SAMPLES:
-            features = compute_features(buffer[: start + segment_samples + CONTEXT_SAMPLES - offset], params)
-            _keep(features, start - offset, segment_samples, params, mel_parts, hpcp_parts)
-            start += segment_samples
-            drop = start - CONTEXT_SAMPLES - offset
-            buffer, offset = buffer[drop:], offset + drop
-    if total == 0:
-        raise AudioError(path, "no audio samples (zero-length stream)")
-    features = compute_features(buffer, params)
-    _keep(features, start - offset, None, params, mel_parts, hpcp_parts)
-    return TrackFeatures(np.concatenate(mel_parts, axis=1), np.concatenate(hpcp_parts, axis=1),
-                         total / params.sample_rate, params.sample_rate, params.hash)
+class FeatureStream:
+    """Mel + HPCP of a signal fed in pieces: `feed(samples)` as they are decoded, then `finish()`."""
+
+    def __init__(self, params: FeatureParams = FeatureParams(), device: str = "cpu", *,
+                 expected_seconds: float | None = None):
+        """expected_seconds: the length the header states, if any; the features are then allocated once."""
+        from .features import hpcp, mel
+
+        hpcp.check_params(params)
+        self.params, self.device = params, device
+        # One buffer, reused: allocating a new one per piece left the C heap fragmented (RSS grew with the track).
+        self._store = np.empty(0, np.float32)
+        self._filled = 0
+        self.offset = 0  # signal index of buffer[0]
+        self.n_samples = 0  # samples fed so far
+        self.mel_first = self.hpcp_first = 0  # first frame of the next block to compute
+        expected = round((expected_seconds or 0) * params.sample_rate)
+        self.mel = _Columns(params.n_mels, mel.n_mel_steps(max(expected, 1), params))  # (n_mels, steps)
+        self.hpcp = _Columns(params.hpcp_size, hpcp.n_hpcp_frames(max(expected, 1), params))  # (12, frames)
+
+    @property
+    def buffer(self) -> np.ndarray:
+        """The samples kept: signal samples [offset, n_samples)."""
+        return self._store[: self._filled]
+
+    def feed(self, samples: np.ndarray) -> None:
+        """Append mono float32 samples at `params.sample_rate`; compute every block whose samples are all here."""
+        samples = np.asarray(samples, np.float32)
+        if self._filled + len(samples) > len(self._store):
+            grown = np.empty(max(2 * len(self._store), self._filled + len(samples)), np.float32)
+            grown[: self._filled] = self.buffer
+            self._store = grown
+        self._store[self._filled : self._filled + len(samples)] = samples
+        self._filled += len(samples)
+        self.n_samples += len(samples)
+        self._compute(final=False)
+        self._drop_consumed()
+
+    def finish(self) -> TrackFeatures:
+        """The features of everything fed (at least one sample)."""
+        self._compute(final=True)
+        self._store, self._filled = np.empty(0, np.float32), 0
+        params = self.params
+        return TrackFeatures(self.mel.array(), self.hpcp.array(), self.n_samples / params.sample_rate,
+                             params.sample_rate, params.hash)
+
+    def _compute(self, *, final: bool) -> None:
+        from .features import hpcp, mel
+
+        params, n = self.params, self.n_samples
+        # Blocks of the whole signal as far as it is known; before the end only those that read no padding at the
+        # end of the track and lie whole inside it, which are blocks of the finished signal too.
+        for first, stop in mel.mel_blocks(n, params, STREAM_MEL_BLOCK):
+            if first < self.mel_first or not (final or mel.mel_block_span(first, stop, params)[1] <= n):
+                continue
+            part = mel.mel_block(self.buffer[None], first, stop, n_samples=n, offset=self.offset, params=params,
+                                 device=self.device)
+            self.mel.append(part[0])
+            self.mel_first = stop
+        for first, stop in hpcp.hpcp_blocks(n, params, STREAM_HPCP_BLOCK):
+            if first < self.hpcp_first or not (final or hpcp.hpcp_block_span(first, stop, params)[1] <= n):
+                continue
+            self.hpcp.append(hpcp.hpcp_block(self.buffer, first, stop, n_samples=n, offset=self.offset,
+                                             params=params).T)
+            self.hpcp_first = stop
+
+    def _drop_consumed(self) -> None:
+        """Forget samples no later block reads (keeping n_fft more, which a reflection at the end may read)."""
+        from .features import hpcp, mel
+
+        mel_lo = mel.mel_block_span(self.mel_first, self.mel_first + 1, self.params)[0] - self.params.n_fft
+        hpcp_lo = hpcp.hpcp_block_span(self.hpcp_first, self.hpcp_first + 1, self.params)[0]
+        keep_from = max(0, min(mel_lo, hpcp_lo))
+        if keep_from > self.offset:
+            kept = self._filled - (keep_from - self.offset)
+            self._store[:kept] = self._store[keep_from - self.offset : self._filled]  # numpy copes with the overlap
+            self._filled, self.offset = kept, keep_from
 
 
-def _keep(features: TrackFeatures, skip: int, length: int | None, params: FeatureParams, mel_parts, hpcp_parts) -> None:
-    """Append the steps and frames of samples [skip, skip + length) of a segment (to its end when length is None)."""
-    step = params.hop_length * params.time_pool
-    first_step, first_frame = skip // step, skip // params.hpcp_hop_size
-    stop_step = None if length is None else first_step + length // step
-    stop_frame = None if length is None else first_frame + length // params.hpcp_hop_size
-    mel_parts.append(features.mel[:, first_step:stop_step])
-    hpcp_parts.append(features.hpcp[:, first_frame:stop_frame])
+class _Columns:
+    """A float32 (rows, n) array filled a block of columns at a time, in one allocation that doubles when full:
+    thousands of small kept blocks between the blocks' large temporaries fragmented the C heap."""
+
+    def __init__(self, rows: int, columns: int):
+        self.store = np.empty((rows, columns), np.float32)
+        self.n = 0
+
+    def append(self, block: np.ndarray) -> None:
+        if self.n + block.shape[1] > self.store.shape[1]:
+            grown = np.empty((self.store.shape[0], max(2 * self.store.shape[1], self.n + block.shape[1])), np.float32)
+            grown[:, : self.n] = self.store[:, : self.n]
+            self.store = grown
+        self.store[:, self.n : self.n + block.shape[1]] = block
+        self.n += block.shape[1]
+
+    def array(self) -> np.ndarray:
+        return self.store if self.n == self.store.shape[1] else np.ascontiguousarray(self.store[:, : self.n])
 
 
-def _resampled_blocks(path: Path, sample_rate: int):
-    """Mono float32 blocks at `sample_rate`, read and resampled incrementally."""
-    import soundfile as sf
-    import soxr
+_heap_tuned = False
 
+
+def _return_freed_memory() -> None:
+    """Have glibc return every freed allocation of 1 MB or more to the system at once.
+
+    glibc raises its mmap threshold to the size of the largest block freed so far (up to 32 MB), after which the
+    blocks' temporaries (frames, spectra: a few MB each) come from the heap, which fragments: a 25-minute track
+    ended at 340 MB RSS instead of 270 MB. Setting the threshold fixes it (and turns off the adjustment).
+    """
+    global _heap_tuned
+    if _heap_tuned:
+        return
+    _heap_tuned = True
     try:
-        with sf.SoundFile(str(path)) as f:
-            resampler = None
-            if f.samplerate != sample_rate:
-                resampler = soxr.ResampleStream(f.samplerate, sample_rate, 1, dtype="float32", quality="HQ")
-            for block in f.blocks(_READ_FRAMES, dtype="float32", always_2d=True):
-                mono = downmix(block)
-                if not np.all(np.isfinite(mono)):
-                    raise AudioError(path, "decoded samples contain NaN or infinity")
-                yield mono if resampler is None else resampler.resample_chunk(mono)
-            if resampler is not None:
-                yield resampler.resample_chunk(np.zeros(0, np.float32), last=True)
-    except (sf.LibsndfileError, RuntimeError) as err:
-        raise AudioError(path, f"decoder failure ({' '.join(str(err).split())})") from None
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return
+    m_mmap_threshold = -3
+    libc.mallopt(m_mmap_threshold, 1 << 20)

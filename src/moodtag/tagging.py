@@ -20,18 +20,15 @@ the end of the track when a tail is left over, so the timeline covers the whole 
 the last chunk ends at the track's duration. Long-mode members see chunks they were not trained on (they accept
 any length), so a long model's timeline is indicative only.
 
-Memory: files over ten minutes are decoded and featurised in segments (moodtag.streaming), the model sees at most
+Memory: files are decoded and featurised block by block (moodtag.streaming), the model sees at most
 MAX_CHUNKS_PER_BATCH chunks at once, and `tag_many` keeps at most 2 x workers tracks in flight.
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
+import functools
 import logging
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -41,13 +38,14 @@ from .audio import downmix, resample
 from .bundle import Bundle, MemberRunner, load_bundle
 from .errors import AudioError, MoodtagError
 from .features import TrackFeatures, compute_features
+from .features.contract import chunk_windows, crop_window
+from .pool import Crashed, pool_map
+from .predictions import sigmoid
 from .streaming import file_features
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TOP_K = 5
-# A track in flight when a worker process died this many times is reported as failed.
-_MAX_WORKER_CRASHES = 2
 # Chunks per forward pass: bounds activation memory for hour-long tracks.
 MAX_CHUNKS_PER_BATCH = 32
 
@@ -96,18 +94,6 @@ class TagResult:
         if self.timeline is not None:
             out["timeline"] = [segment.to_dict() for segment in self.timeline]
         return out
-
-
-def chunk_windows(n_steps: int, chunk_steps: int) -> list[tuple[int, int]]:
-    """Training's short-mode chunks of a track of `n_steps` mel steps: [(start, stop)] in steps.
-
-    Consecutive non-overlapping chunks, the tail shorter than a chunk dropped; a track shorter than one chunk gives
-    the single (zero-padded) window (0, chunk_steps).
-    """
-    from .data.datasets import chunk_count
-
-    count = chunk_count(n_steps, chunk_steps)
-    return [(i * chunk_steps, (i + 1) * chunk_steps) for i in range(count)]
 
 
 def timeline_windows(n_steps: int, chunk_steps: int) -> list[tuple[int, int]]:
@@ -235,41 +221,36 @@ class Tagger:
     def _run_member(self, runner: MemberRunner, mel, hpcp, windows) -> tuple[np.ndarray, np.ndarray | None]:
         """(n_tags,) track probabilities and (n_windows, n_tags) timeline probabilities of one member.
 
-        The track logits come from training's own evaluation step (`track_logits`: long crop, or the mean of
-        the chunk logits), so tagging a track gives what `moodtag predict` gives for it.
+        The track logits are training's evaluation (the long crop, or `chunk_mean_logits` of the chunks), so tagging a
+        track gives what `moodtag predict` gives for it.
         """
-        import torch
-
-        from .training.aggregate import track_logits
+        from .training.aggregate import chunk_mean_logits
 
         if runner.mode == "short":
-            chunks = chunk_windows(mel.shape[1], runner.steps)
-            batch = self._inputs(runner, mel, hpcp, chunks)
-            batch["chunk_track"] = torch.zeros(len(chunks), dtype=torch.long)
-            batch["target"] = torch.zeros(1, len(self.tags))
+            batch = self._inputs(runner, mel, hpcp, chunk_windows(mel.shape[1], runner.steps))
+            track = chunk_mean_logits(runner, batch["mel"], batch.get("hpcp"), None, 1, MAX_CHUNKS_PER_BATCH)
         else:
             batch = self._inputs(runner, mel, hpcp, [(0, runner.steps)])
-        track = track_logits(runner, batch, MAX_CHUNKS_PER_BATCH)[0].numpy()
+            track = runner(batch["mel"], batch.get("hpcp"))
+        track = track[0].numpy()
         if not windows:
-            return _sigmoid(track), None
+            return sigmoid(track), None
         pieces = []
         for first in range(0, len(windows), MAX_CHUNKS_PER_BATCH):
             inputs = self._inputs(runner, mel, hpcp, windows[first : first + MAX_CHUNKS_PER_BATCH])
             pieces.append(runner(inputs["mel"], inputs.get("hpcp")).numpy())
-        return _sigmoid(track), _sigmoid(np.concatenate(pieces))
+        return sigmoid(track), sigmoid(np.concatenate(pieces))
 
     def _inputs(self, runner: MemberRunner, mel, hpcp, windows) -> dict:
-        """Model inputs for step windows, cut as training cuts them (`moodtag.data.datasets.crop`, zero-padded)."""
+        """Model inputs for step windows, cut as training cuts them (`moodtag.features.contract.crop_window`)."""
         import torch
 
-        from .data.datasets import crop
-
         ratio = self.bundle.feature_params.hpcp_frames_per_mel_step
-        batch = {"mel": torch.from_numpy(np.stack([crop(mel, start, stop - start) for start, stop in windows]))}
+        pieces = [crop_window(mel, hpcp if runner.use_hpcp else None, start, stop - start, ratio)
+                  for start, stop in windows]
+        batch = {"mel": torch.from_numpy(np.stack([m for m, _ in pieces]))}
         if runner.use_hpcp:
-            batch["hpcp"] = torch.from_numpy(
-                np.stack([crop(hpcp, round(start * ratio), round((stop - start) * ratio)) for start, stop in windows])
-            )
+            batch["hpcp"] = torch.from_numpy(np.stack([h for _, h in pieces]))
         return batch
 
     def _result(self, probabilities: np.ndarray, path, duration: float, *, padded: bool) -> TagResult:
@@ -299,8 +280,8 @@ class Tagger:
 def track_features(path: str | os.PathLike, bundle: Bundle) -> TrackFeatures:
     """Decode one file and compute the bundle's features (raises AudioError for a bad file).
 
-    Files over ten minutes are decoded and featurised segment by segment (moodtag.streaming), so memory does not
-    grow with the length of a track.
+    Files are decoded and featurised block by block (moodtag.streaming), so memory does not grow with the length
+    of a track.
     """
     return file_features(path, bundle.feature_params)
 
@@ -316,50 +297,14 @@ def iter_features(
     a track in flight at two crashes is reported as failed. `while_waiting` is called once, after the first tracks
     went to the workers and before waiting for them (in-process: before the first track), e.g. to load a model.
     """
-    params = bundle.feature_params
-    queue = collections.deque(str(p) for p in paths)
-    if workers <= 0:
-        if queue and while_waiting is not None:
-            while_waiting()
-        for path in queue:
-            yield path, _features_job(path, params)
-        return
-    crashes: collections.Counter[str] = collections.Counter()
-    context = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
-    while queue:
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
-            pending: collections.deque = collections.deque()
-            try:
-                while queue or pending:
-                    while queue and len(pending) < 2 * workers:
-                        path = queue.popleft()
-                        pending.append((path, pool.submit(_features_job, path, params)))
-                    if while_waiting is not None:
-                        while_waiting()
-                        while_waiting = None
-                    outcome = pending[0][1].result()
-                    yield pending.popleft()[0], outcome
-            except BrokenProcessPool:
-                retry = []
-                for path, future in pending:
-                    if future.done() and future.exception() is None:
-                        yield path, future.result()
-                        continue
-                    crashes[path] += 1
-                    if crashes[path] >= _MAX_WORKER_CRASHES:
-                        yield path, "worker process died on this file (decoder crash or out of memory)"
-                    else:
-                        retry.append(path)
-                queue.extendleft(reversed(retry))
+    task = functools.partial(_features_job, params=bundle.feature_params)
+    outcomes = pool_map(task, [str(p) for p in paths], workers=workers, in_flight=2 * workers, ordered=True,
+                        while_waiting=while_waiting)
+    for path, outcome in outcomes:
+        yield path, outcome.reason if isinstance(outcome, Crashed) else outcome
 
 
-def _init_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-
-
-def _features_job(path: str, params) -> TrackFeatures | str:
+def _features_job(path: str, *, params) -> TrackFeatures | str:
     """Features of one file, or the reason it failed (a plain string: it crosses the process boundary)."""
     try:
         return file_features(path, params)
@@ -391,10 +336,6 @@ def _mono(audio, sample_rate: int, target_rate: int) -> np.ndarray:
     if sample_rate <= 0:
         raise AudioError("<array>", f"invalid sample rate {sample_rate}")
     return resample(signal, int(sample_rate), target_rate)
-
-
-def _sigmoid(logits: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
 
 
 def find_audio(inputs: Iterable[str | os.PathLike]) -> tuple[list[str], list[tuple[str, str]]]:

@@ -252,13 +252,6 @@ def _csv_record(row: dict) -> dict:
     }
 
 
-def write_failures(path: str | os.PathLike, failures: Sequence[tuple[str, str]]) -> None:
-    """`path<TAB>reason` per failed input, written atomically (an empty file when nothing failed)."""
-    from .atomic import atomic_write_text
-
-    atomic_write_text(path, "".join(f"{name}\t{reason}\n" for name, reason in failures))
-
-
 def _rounded(value):
     if isinstance(value, float):
         return float(f"{value:.{DIGITS}g}")

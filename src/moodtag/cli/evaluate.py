@@ -13,22 +13,6 @@ from ..errors import ConfigError, MoodtagError
 
 logger = logging.getLogger(__name__)
 
-LABELS = {
-    "roc_auc_macro": "ROC-AUC (macro)",
-    "pr_auc_macro": "PR-AUC (macro)",
-    "roc_auc_micro": "ROC-AUC (micro)",
-    "pr_auc_micro": "PR-AUC (micro)",
-    "precision_macro": "precision (macro)",
-    "recall_macro": "recall (macro)",
-    "f1_macro": "F-score (macro)",
-    "precision_micro": "precision (micro)",
-    "recall_micro": "recall (micro)",
-    "f1_micro": "F-score (micro)",
-    "avg_tpr": "avg TPR",
-    "avg_tnr": "avg TNR",
-}
-
-
 def register(subparsers) -> None:
     parser = add_command(
         subparsers, "evaluate", help="score predictions with the MediaEval Emotions and Themes metrics", run=run
@@ -108,7 +92,9 @@ def _report(args, ground_truth, results) -> None:
             print(json.dumps(record, allow_nan=False))
     if args.json or not results:
         return
-    print(_summary_table([Path(path).name for path, _, _ in results], [summary for _, summary, _ in results]))
+    from ..report import summary_table
+
+    print(summary_table([Path(path).name for path, _, _ in results], [summary for _, summary, _ in results]))
     for path, summary, per_tag in results:
         if summary["skipped_tags"]:
             print(f"\n{path}: {len(summary['skipped_tags'])} tags not scored (no positives or no negatives): "
@@ -128,16 +114,6 @@ def _per_tag_records(names, per_tag) -> list[dict]:
          "threshold": float(per_tag["threshold"][i])}
         for i, name in enumerate(names)
     ]
-
-
-def _summary_table(columns: list[str], summaries: list[dict]) -> str:
-    width = max(len(label) for label in LABELS.values())
-    widths = [max(len(column), 6) for column in columns]
-    lines = ["  ".join([" " * width] + [column.rjust(w) for column, w in zip(columns, widths)])]
-    for key, label in LABELS.items():
-        values = [f"{summary[key]:.4f}".rjust(w) for summary, w in zip(summaries, widths)]
-        lines.append("  ".join([label.ljust(width)] + values))
-    return "\n".join(lines)
 
 
 def _per_tag_table(names, per_tag) -> str:

@@ -32,7 +32,8 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..errors import ConfigError
-    from ..extract import extract, parse_shard
+    from ..extract import extract
+    from ..pool import parse_shard
 
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: expected at least 1")

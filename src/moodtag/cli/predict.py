@@ -25,7 +25,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..extract import parse_shard
+    from ..pool import parse_shard
     from ..training.run import predict_split
 
     shard = parse_shard(args.shard) if args.shard else (0, 1)

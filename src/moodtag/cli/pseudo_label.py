@@ -45,10 +45,11 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..pool import parse_shard
     from ..training import pseudo_label as pl
 
     result = pl.pseudo_label(
-        args.teacher_run, args.pool, store=args.features, out_dir=args.out, shard=pl.parse_shard(args.shard),
+        args.teacher_run, args.pool, store=args.features, out_dir=args.out, shard=parse_shard(args.shard),
         rule=args.thresholds, scope=args.scope, t_pos=args.t_pos, t_neg=args.t_neg,
         target_precision=args.target_precision, target_npv=args.target_npv, min_teacher_auc=args.min_teacher_auc,
         chunk_tracks=args.chunk_tracks, quiet=args.quiet,

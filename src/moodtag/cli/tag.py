@@ -36,7 +36,8 @@ def register(subparsers) -> None:
                         help="processes decoding audio and computing features (0: in the main process; "
                              "default: CPUs - 1)")
     parser.add_argument("--failures", metavar="FILE",
-                        help="write failed inputs as 'path<TAB>reason' (default: FILE.failures.tsv beside --output)")
+                        help="write failed inputs as 'file<TAB>reason<TAB>track_id' under a header "
+                             "(default: FILE.failures.tsv beside --output)")
     parser.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
                         help="run the model with PyTorch or onnxruntime; auto: onnxruntime when the bundle was "
                              "exported with --onnx and onnxruntime runs on --device, else PyTorch (default: auto)")
@@ -51,10 +52,10 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..errors import ConfigError
-    from ..extract import parse_shard
+    from ..pool import parse_shard
     from ..merge import shard_inputs, write_shard_manifest
     from ..tagging import Tagger, find_audio
-    from ..writers import write_failures
+    from ..failures import write_failures
 
     if args.workers < 0 or args.top_k < 0:
         raise ConfigError("--workers and --top-k must be 0 or more")

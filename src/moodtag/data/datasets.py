@@ -1,5 +1,7 @@
 """Tracks joined with the feature store, and the long / short datasets of section 2.3.
 
+How a track is cut into model inputs is moodtag.features.contract's (shared with the tagger).
+
 Long mode: one example per track, the first `long_steps` mel steps and the first round(long_steps · r) HPCP frames
 (r = HPCP frames per mel step, 2.5). Tracks shorter than that are zero-padded at the end (zero = silence in the
 log1p-compressed features); no mask is kept, the model sees the padding.
@@ -26,6 +28,8 @@ from torch.utils.data import Dataset
 
 from ..config import DataConfig, RunConfig
 from ..errors import DataError
+from ..features.contract import chunk_count, crop, crop_window  # noqa: F401  (crop: part of this module's API)
+from ..rundir import load_labels
 from ..store import FeatureStore
 from .splits import read_split
 
@@ -95,13 +99,7 @@ def read_pseudo_labels(path: str | os.PathLike, tags: list[str]) -> tuple[list[s
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: pseudo-label file not found")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            track_ids = [str(t) for t in data["track_ids"]]
-            file_tags = [str(t) for t in data["tags"]]
-            targets = np.asarray(data["targets"], dtype=np.float32)
-    except (OSError, ValueError, KeyError) as err:
-        raise DataError(f"{path}: unreadable pseudo-label file ({err})") from None
+    track_ids, file_tags, targets = load_labels(path)
     if sorted(file_tags) != sorted(tags):
         raise DataError(f"{path}: its tags differ from the run's tag list")
     if targets.shape != (len(track_ids), len(file_tags)):
@@ -142,19 +140,6 @@ def pool_exclusion(config: RunConfig) -> set[str]:
     return split_track_ids(config.data, splits)
 
 
-def crop(array: np.ndarray, start: int, length: int) -> np.ndarray:
-    """array[:, start:start + length], zero-padded at the end to exactly `length` columns."""
-    piece = array[:, start : start + length]
-    if piece.shape[1] < length:
-        piece = np.pad(piece, ((0, 0), (0, length - piece.shape[1])))
-    return piece
-
-
-def chunk_count(n_steps: int, chunk_steps: int) -> int:
-    """Non-overlapping whole chunks of a track; at least one (short tracks are padded)."""
-    return max(1, n_steps // chunk_steps)
-
-
 def mel_steps(store: FeatureStore, track_id: str) -> int:
     """Number of mel steps of a stored track, read from the array header without loading the data."""
     try:
@@ -179,10 +164,7 @@ class _TrackDataset(Dataset):
         return item
 
     def _chunk(self, mel: np.ndarray, hpcp: np.ndarray, start: int, steps: int) -> tuple[np.ndarray, np.ndarray | None]:
-        mel_piece = crop(mel, start, steps)
-        if not self.use_hpcp:
-            return mel_piece, None
-        return mel_piece, crop(hpcp, round(start * self.ratio), round(steps * self.ratio))
+        return crop_window(mel, hpcp if self.use_hpcp else None, start, steps, self.ratio)
 
 
 class LongDataset(_TrackDataset):

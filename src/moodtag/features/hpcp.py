@@ -20,9 +20,10 @@ import math
 import numpy as np
 import scipy.fft
 
+from ..errors import FeatureError
 from .params import FeatureParams
 
-# Frames per block: ~16 MB of frames and spectra at frame size 4096.
+# Frames per block of a whole signal (moodtag.streaming uses smaller blocks, for memory).
 _BLOCK_FRAMES = 512
 _MAGNITUDE_THRESHOLD = np.float32(1e-5)
 
@@ -43,17 +44,41 @@ def hpcpgram(audio: np.ndarray, *, params: FeatureParams = FeatureParams()) -> n
     """
     signal = np.asarray(audio, dtype=np.float32)
     if signal.ndim != 1 or signal.size == 0:
-        raise ValueError(f"audio must be (N,) with N ≥ 1, got shape {signal.shape}")
-    if params.hpcp_size != 12:
-        raise ValueError(f"only 12-bin HPCP is implemented, got hpcp_size={params.hpcp_size}")
-    window = blackman_harris_62(params.hpcp_frame_size)
+        raise FeatureError(f"audio must be (N,) with N ≥ 1, got shape {signal.shape}")
+    check_params(params)
     n_frames = n_hpcp_frames(signal.size, params)
     out = np.empty((n_frames, 12), np.float32)
-    for first in range(0, n_frames, _BLOCK_FRAMES):
-        stop = min(first + _BLOCK_FRAMES, n_frames)
-        magnitude = _magnitude_block(signal, first, stop, window, params)
-        out[first:stop] = _profiles(magnitude, params)
+    for first, stop in hpcp_blocks(signal.size, params):
+        out[first:stop] = hpcp_block(signal, first, stop, n_samples=signal.size, params=params)
     return np.ascontiguousarray(out.T)
+
+
+def check_params(params: FeatureParams) -> None:
+    if params.hpcp_size != 12:
+        raise FeatureError(f"only 12-bin HPCP is implemented, got hpcp_size={params.hpcp_size}")
+
+
+def hpcp_blocks(n_samples: int, params: FeatureParams = FeatureParams(),
+                block_frames: int | None = None) -> list[tuple[int, int]]:
+    """The frame blocks [(first, stop)] of `block_frames` frames in which `hpcpgram` computes `n_samples` samples,
+    one at a time (default `_BLOCK_FRAMES`; frames are independent: any block size gives the same features)."""
+    block_frames = block_frames or _BLOCK_FRAMES
+    n_frames = n_hpcp_frames(n_samples, params)
+    return [(first, min(first + block_frames, n_frames)) for first in range(0, n_frames, block_frames)]
+
+
+def hpcp_block_span(first: int, stop: int, params: FeatureParams = FeatureParams()) -> tuple[int, int]:
+    """Signal samples [lo, hi) that frames [first, stop) read (outside the signal they read zeros)."""
+    start = first * params.hpcp_hop_size - params.hpcp_frame_size // 2
+    return start, start + (stop - first - 1) * params.hpcp_hop_size + params.hpcp_frame_size
+
+
+def hpcp_block(signal: np.ndarray, first: int, stop: int, *, n_samples: int, offset: int = 0,
+               params: FeatureParams = FeatureParams()) -> np.ndarray:
+    """(stop - first, 12) HPCP of frames [first, stop) of a signal of `n_samples` samples, of which `signal` holds
+    samples [offset, offset + len): at least the part of `hpcp_block_span` that lies in the signal."""
+    window = blackman_harris_62(params.hpcp_frame_size)
+    return _profiles(_magnitude_block(signal, first, stop, window, params, n_samples, offset), params)
 
 
 def blackman_harris_62(size: int) -> np.ndarray:
@@ -69,15 +94,15 @@ def _n_scan_bins(params: FeatureParams) -> int:
     return min(int(math.ceil(params.hpcp_max_frequency / scale + 0.5)) + 3, params.hpcp_frame_size // 2 + 1)
 
 
-def _magnitude_block(signal: np.ndarray, first: int, stop: int, window: np.ndarray, params: FeatureParams) -> np.ndarray:
+def _magnitude_block(signal: np.ndarray, first: int, stop: int, window: np.ndarray, params: FeatureParams,
+                     n_samples: int, offset: int = 0) -> np.ndarray:
     """(stop - first, n_scan_bins) float32 FFT magnitudes of frames [first, stop)."""
     size, hop = params.hpcp_frame_size, params.hpcp_hop_size
-    start = first * hop - size // 2  # signal index of the block's first sample
-    length = (stop - first - 1) * hop + size
-    segment = np.zeros(length, np.float32)
-    lo, hi = max(start, 0), min(start + length, signal.size)
+    start, end = hpcp_block_span(first, stop, params)  # signal indices of the block's first and last + 1 samples
+    segment = np.zeros(end - start, np.float32)
+    lo, hi = max(start, 0), min(end, n_samples)
     if hi > lo:
-        segment[lo - start : hi - start] = signal[lo:hi]
+        segment[lo - start : hi - start] = signal[lo - offset : hi - offset]
     frames = np.lib.stride_tricks.sliding_window_view(segment, size)[::hop] * window
     spectrum = scipy.fft.rfft(frames, axis=-1)[:, : _n_scan_bins(params)]
     return np.abs(spectrum)

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ModelError
+
 Pool = tuple[int, int]
 
 
@@ -22,7 +24,7 @@ class GeM(nn.Module):
     def __init__(self, p: float = 3.0, learnable: bool = True, *, kernel: Pool = (2, 2), eps: float = 1e-6):
         super().__init__()
         if p <= 0:
-            raise ValueError(f"GeM exponent p must be positive, got {p}")
+            raise ModelError(f"GeM exponent p must be positive, got {p}")
         self.kernel = (int(kernel[0]), int(kernel[1]))
         self.eps = eps
         p_tensor = torch.tensor([float(p)])
@@ -74,9 +76,9 @@ class StochasticConvBlock(nn.Module):
     def __init__(self, channels: int, drop_prob: float = 0.1, dropout: float = 0.1):
         super().__init__()
         if not 0.0 <= drop_prob < 1.0:
-            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob}")
+            raise ModelError(f"drop_prob must be in [0, 1), got {drop_prob}")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+            raise ModelError(f"dropout must be in [0, 1), got {dropout}")
         self.drop_prob = drop_prob
         self.block = nn.Sequential(
             nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=False),

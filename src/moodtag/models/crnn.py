@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelError
 from .blocks import Pool, ResidualConvBlock, StochasticConvBlock
 
 GRU_POOLS = ("last", "mean")
@@ -273,7 +273,7 @@ class MoodCRNN(nn.Module):
         if self.hpcp_branch is None:
             return z
         if hpcp is None:
-            raise ValueError("this model uses HPCP (config.use_hpcp) but forward() got hpcp=None")
+            raise ModelError("this model uses HPCP (config.use_hpcp) but forward() got hpcp=None")
         _check_input("hpcp", hpcp, self.config.hpcp_bins)
         return torch.cat([z, self.hpcp_branch(hpcp)], dim=-1)
 
@@ -283,7 +283,7 @@ class MoodCRNN(nn.Module):
 
 def _check_input(name: str, x: torch.Tensor, bins: int) -> None:
     if x.dim() != 3 or x.shape[1] != bins:
-        raise ValueError(f"{name} must be shaped (batch, {bins}, time), got {tuple(x.shape)}")
+        raise ModelError(f"{name} must be shaped (batch, {bins}, time), got {tuple(x.shape)}")
 
 
 def inherit_weights(student: MoodCRNN, teacher: MoodCRNN, mel: torch.Tensor | None = None,

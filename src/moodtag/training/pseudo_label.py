@@ -22,9 +22,12 @@ from typing import Callable, Collection, Sequence
 
 import numpy as np
 
+from .. import predictions
 from ..atomic import atomic_path, atomic_write_text
 from ..errors import DataError
 from ..merge import merge_rows
+from ..pool import parse_shard  # noqa: F401  (the CLI's --shard)
+from ..rundir import load_labels, save_labels  # noqa: F401  (labels.npz: part of this module's API)
 from .thresholds import (  # noqa: F401  (Thresholds and friends are part of this module's API)
     MIN_TEACHER_AUC,
     PAPER_T_NEG,
@@ -71,25 +74,6 @@ def format_counts(thresholds: Thresholds, targets: np.ndarray) -> str:
     return "\n".join(lines)
 
 
-def save_labels(path: str | os.PathLike, track_ids: Sequence[str], tags: Sequence[str], targets: np.ndarray) -> None:
-    """Write the student's label file: track_ids, tags, targets float32 with 1 / 0 / NaN = unknown (atomically)."""
-    targets = np.asarray(targets, dtype=np.float32)
-    if targets.shape != (len(track_ids), len(tags)):
-        raise DataError(f"{path}: targets {targets.shape} do not match {len(track_ids)} tracks x {len(tags)} tags")
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, track_ids=np.array(track_ids, dtype=str), tags=np.array(tags, dtype=str), targets=targets)
-
-
-def load_labels(path: str | os.PathLike) -> tuple[list[str], list[str], np.ndarray]:
-    """Read a label file written by `save_labels`: (track_ids, tags, targets)."""
-    try:
-        with np.load(path) as data:
-            return list(map(str, data["track_ids"])), list(map(str, data["tags"])), data["targets"].astype(np.float32)
-    except (OSError, ValueError, KeyError) as err:
-        raise DataError(f"{path}: unreadable pseudo-label file ({err})") from None
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Predicting the pool and writing the pseudo-labels
 
@@ -110,20 +94,6 @@ class PseudoLabels:
     @property
     def labels_path(self) -> Path:
         return self.out_dir / "labels.npz"
-
-
-def parse_shard(text: str | None) -> tuple[int, int]:
-    """'i/N' (0 <= i < N) -> (i, N); None -> (0, 1), the whole pool."""
-    if text is None:
-        return 0, 1
-    index, sep, count = text.partition("/")
-    try:
-        shard = (int(index), int(count))
-    except ValueError:
-        shard = (-1, 0)
-    if not sep or not 0 <= shard[0] < shard[1]:
-        raise DataError(f"--shard {text!r}: expected i/N with 0 <= i < N")
-    return shard
 
 
 def pool_chunks(
@@ -216,7 +186,7 @@ def pool_manifest(teacher_run: Path, checkpoint: Path, track_ids: Sequence[str],
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))).astype(np.float32)
+    return predictions.sigmoid(logits, np.float32)
 
 
 def write_pseudo_labels(
@@ -396,7 +366,7 @@ def _reference_scores(teacher_run: Path, config, store, out_dir: Path,
                       tags: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Teacher probabilities, true labels and which rows are validation tracks, on train + validation (cached in
     reference.npz; a cache written before the validation rows were marked is made again)."""
-    from ..ensemble import split_labels
+    from ..rundir import split_labels
     from .run import predict, split_path
 
     path = out_dir / "reference.npz"

@@ -1,12 +1,6 @@
 """Train a run, reload its best model, and predict with it: the Python API behind `moodtag train` / `moodtag predict`.
 
-A run directory (`runs/<name>` unless the config or caller says otherwise) holds:
-    config.yaml                 the resolved config (absolute data root)
-    run.json                    name, status (running / completed / failed), seed, versions, best epoch and metrics
-    metrics.csv                 one row per finished epoch (see METRIC_COLUMNS)
-    checkpoints/best.ckpt       the epoch with the best validation ROC-AUC (what prediction uses)
-    checkpoints/last.ckpt       the latest epoch (what --resume continues from)
-    predictions/<split>.npy     float32 probabilities (tracks x tags, rows in split order), .logits.npy, .csv
+What a run directory (`runs/<name>` unless the config or caller says otherwise) holds is moodtag.rundir's to say.
 """
 from __future__ import annotations
 
@@ -14,7 +8,6 @@ import contextlib
 import csv
 import io
 import sys
-import json
 import logging
 import math
 import os
@@ -31,8 +24,9 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from .. import __version__
-from ..atomic import atomic_write_json, atomic_write_text
-from ..config import RunConfig, save_config
+from .. import rundir
+from ..atomic import atomic_write_text
+from ..config import RunConfig
 from ..data.datamodule import MoodDataModule, evaluation_loader, open_store
 from ..data.datasets import unlabelled_tracks
 from ..data.splits import read_split
@@ -40,7 +34,8 @@ from ..errors import ConfigError, DataError
 from ..models import CRNNConfig, MoodCRNN, inherit_weights
 from ..numerics import numerics_record, torch_threads
 from ..store import FeatureStore
-from ..predictions import write_predictions
+from ..predictions import file_probabilities
+from ..rundir import read_run_info, split_path  # noqa: F401  (read_run_info, split_path: part of this module's API)
 from .aggregate import track_logits
 from .module import METRIC_COLUMNS, TaggingModule
 from .precision import resolve_precision
@@ -69,14 +64,7 @@ def pseudo_labels_path(config: RunConfig) -> Path | None:
         return None
     if config.student.pseudo_labels:
         return Path(config.student.pseudo_labels)
-    return teacher_run_dir(config) / "pseudo-labels" / "labels.npz"
-
-
-def read_run_info(run_dir: str | os.PathLike) -> dict:
-    path = Path(run_dir) / "run.json"
-    if not path.is_file():
-        raise DataError(f"{run_dir}: not a run directory (no run.json)")
-    return json.loads(path.read_text())
+    return rundir.pseudo_labels_file(teacher_run_dir(config))
 
 
 def global_rank() -> int:
@@ -94,7 +82,7 @@ def train(
     callbacks: extra Lightning callbacks (progress reporting, tests that interrupt a run).
     """
     run_dir = run_dir_of(config).resolve()
-    last = run_dir / "checkpoints" / "last.ckpt"
+    last = rundir.checkpoint_path(run_dir, "last")
     if global_rank() == 0:
         info = _prepare_run_dir(config, run_dir, resume)
         if info.get("status") == "completed":
@@ -107,7 +95,7 @@ def train(
         datamodule = MoodDataModule(config, pseudo_labels=_existing_pseudo_labels(config))
         params = datamodule.store.params
         module = TaggingModule(
-            config.to_dict(), datamodule.tags, config.model.build_config().to_dict(), params.to_dict(),
+            config.to_dict(), datamodule.tags, config.model.build_config(params).to_dict(), params.to_dict(),
             params.hpcp_frames_per_mel_step,
         )
         if ckpt_path is None and config.student is not None and config.student.init == "teacher":
@@ -120,7 +108,7 @@ def train(
             numerics = numerics_record(precision)
     except BaseException as err:
         if global_rank() == 0:
-            _update_run_info(run_dir, status="failed", error=f"{type(err).__name__}: {err}")
+            rundir.update_run_info(run_dir, status="failed", error=f"{type(err).__name__}: {err}")
         raise
     if trainer.is_global_zero:
         _finish_run_info(run_dir, trainer, module, datamodule, time.time() - started, numerics)
@@ -153,19 +141,20 @@ def _start_from_teacher(module: TaggingModule, config: RunConfig, datamodule: Mo
 
 def _prepare_run_dir(config: RunConfig, run_dir: Path, resume: bool) -> dict:
     """Check the run directory against the request; write config.yaml and a `running` run.json. Returns old info."""
-    info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+    info = rundir.run_info_or_empty(run_dir)
     if info and not resume:
         raise ConfigError(f"{run_dir}: run directory exists; pass --resume to continue it or choose another --run-dir")
     if info:
-        saved = RunConfig.from_dict(_read_yaml(run_dir / "config.yaml"), source=str(run_dir / "config.yaml"))
+        saved_path = rundir.config_path(run_dir)
+        saved = RunConfig.from_dict(_read_yaml(saved_path), source=str(saved_path))
         changed = sorted(set(_diff(saved.to_dict(), config.to_dict())) - RESUMABLE_CHANGES)
         if changed:
             raise ConfigError(f"{run_dir}: config differs from the run being resumed at {', '.join(changed)}")
         if info.get("status") == "completed":
             return info
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
-    _write_run_info(run_dir, {
+    rundir.write_run_config(run_dir, config)
+    rundir.write_run_info(run_dir, {
         "name": config.name, "status": "running", "seed": config.train.seed, "versions": _versions(),
         "started": info.get("started", _now()),
     })
@@ -177,11 +166,12 @@ def _trainer(
 ) -> L.Trainer:
     train = config.train
     best = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best", monitor="val_roc_auc", mode="max", save_top_k=1,
+        dirpath=rundir.checkpoints_dir(run_dir), filename="best", monitor="val_roc_auc", mode="max", save_top_k=1,
         auto_insert_metric_name=False, enable_version_counter=False,
     )
     # Its own callback: ModelCheckpoint(save_last=True) only refreshes last.ckpt in epochs that improved the best.
-    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1, enable_version_counter=False)
+    last = ModelCheckpoint(dirpath=rundir.checkpoints_dir(run_dir), filename="last", save_top_k=1,
+                           enable_version_counter=False)
     early_stopping = EarlyStopping(monitor="val_roc_auc", mode="max", patience=train.patience)
     for name in ("lightning.pytorch", "lightning.fabric"):
         lightning_log = logging.getLogger(name)
@@ -199,7 +189,7 @@ def _trainer(
     return L.Trainer(
         default_root_dir=run_dir, max_epochs=train.max_epochs, accelerator=train.accelerator, devices=train.devices,
         num_nodes=train.num_nodes, strategy=train.strategy, precision=precision, deterministic=train.deterministic,
-        callbacks=[MetricsCsv(run_dir / "metrics.csv"), early_stopping, best, last, *callbacks], logger=False,
+        callbacks=[MetricsCsv(rundir.metrics_path(run_dir)), early_stopping, best, last, *callbacks], logger=False,
         enable_progress_bar=not quiet, enable_model_summary=not quiet, num_sanity_val_steps=0,
         limit_train_batches=train.limit_train_batches, limit_val_batches=train.limit_val_batches,
         # Students that alternate labelled and pool epochs get a new training loader each epoch (MoodDataModule).
@@ -232,7 +222,7 @@ def _finish_run_info(run_dir: Path, trainer, module: TaggingModule, datamodule: 
     scores = [row["val_roc_auc"] for row in history]
     best = history[int(np.nanargmax(scores))] if history and not all(math.isnan(s) for s in scores) else None
     early_stopping = next(c for c in trainer.callbacks if isinstance(c, EarlyStopping))
-    _update_run_info(
+    rundir.update_run_info(
         run_dir, status="completed", finished=_now(), train_seconds=round(seconds, 1), epochs=len(history),
         stopped_early=bool(early_stopping.stopped_epoch), best_epoch=None if best is None else best["epoch"],
         best={k: best[k] for k in ("val_roc_auc", "val_pr_auc", "val_loss")} if best else None,
@@ -241,17 +231,6 @@ def _finish_run_info(run_dir: Path, trainer, module: TaggingModule, datamodule: 
         feature_hash=datamodule.store.params.hash, tags=len(datamodule.tags), numerics=numerics,
         pool=datamodule.pool_info,
     )
-
-
-def _update_run_info(run_dir: Path, **values) -> None:
-    path = run_dir / "run.json"
-    info = json.loads(path.read_text()) if path.is_file() else {}
-    info.update(values)
-    _write_run_info(run_dir, info)
-
-
-def _write_run_info(run_dir: Path, info: dict) -> None:
-    atomic_write_json(run_dir / "run.json", info)
 
 
 def _versions() -> dict:
@@ -285,24 +264,30 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 def load_model(run_dir: str | os.PathLike, *, checkpoint: str = "best") -> tuple[MoodCRNN, RunConfig, list[str]]:
     """The run's model (eval mode, CPU) rebuilt from checkpoints/<checkpoint>.ckpt alone, its config and tag list."""
-    path = Path(run_dir) / "checkpoints" / f"{checkpoint}.ckpt"
-    if not path.is_file():
-        raise DataError(f"{run_dir}: no {checkpoint} checkpoint at {path}")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    return load_run(run_dir, checkpoint=checkpoint)[:3]
+
+
+def load_run(run_dir: str | os.PathLike, *, checkpoint: str = "best"):
+    """(model, config, tags, feature parameters) of a run, from one read of checkpoints/<checkpoint>.ckpt."""
+    from ..features import FeatureParams
+
+    saved = rundir.read_checkpoint(run_dir, checkpoint)
     hparams = saved["hyper_parameters"]
     model = MoodCRNN(CRNNConfig.from_dict(hparams["model_config"]), len(hparams["tags"]))
     prefix = "model."
     model.load_state_dict({k[len(prefix):]: v for k, v in saved["state_dict"].items() if k.startswith(prefix)})
     model.eval()
-    return model, RunConfig.from_dict(hparams["config"], source=str(path)), list(hparams["tags"])
+    source = str(rundir.checkpoint_path(run_dir, checkpoint))
+    return (model, RunConfig.from_dict(hparams["config"], source=source), list(hparams["tags"]),
+            FeatureParams.from_dict(hparams["feature_params"]))
 
 
 def checkpoint_feature_hash(run_dir: str | os.PathLike, *, checkpoint: str = "best") -> str:
     """Hash of the feature parameters the run was trained with (stores must match it)."""
     from ..features import FeatureParams
 
-    saved = torch.load(Path(run_dir) / "checkpoints" / f"{checkpoint}.ckpt", map_location="cpu", weights_only=True)
-    return FeatureParams.from_dict(saved["hyper_parameters"]["feature_params"]).hash
+    hparams = rundir.read_checkpoint(run_dir, checkpoint)["hyper_parameters"]
+    return FeatureParams.from_dict(hparams["feature_params"]).hash
 
 
 def resolve_device(device: str) -> torch.device:
@@ -327,9 +312,9 @@ def predict(
     one warning and left out, so the returned track ids may be fewer than those asked for; rows follow their order.
     Long runs see the first long_steps steps; short runs average the logits of every chunk of each track.
     """
-    model, config, tags = load_model(run_dir)
+    model, config, tags, params = load_run(run_dir)
     store = _open(store, config)
-    if store.params.hash != checkpoint_feature_hash(run_dir):
+    if store.params.hash != params.hash:
         raise DataError(f"{store.root}: features were computed with other parameters than run {run_dir} was trained on")
     if isinstance(tracks, (str, os.PathLike)):
         track_ids, what = read_split(tracks).track_ids, str(tracks)
@@ -359,17 +344,6 @@ def _open(store, config: RunConfig) -> FeatureStore:
     return open_store(store if store is not None else config.data.path(config.data.features))
 
 
-def split_path(config: RunConfig, split: str) -> tuple[str, Path]:
-    """(name, TSV path) for `train`, `validation`, `test` (the config's splits) or a path to a TSV."""
-    named = {"train": config.data.train_split, "validation": config.data.validation_split, "test": config.data.test_split}
-    if split in named:
-        return split, config.data.path(named[split])
-    path = Path(split)
-    if not path.is_file():
-        raise DataError(f"{split}: not a split name (train, validation, test) nor a TSV file")
-    return path.stem, path
-
-
 def predict_split(
     run_dir: str | os.PathLike,
     split: str,
@@ -386,7 +360,7 @@ def predict_split(
 
     Tracks without features are left out of the files and listed in predictions/<name>.missing.txt.
     data_root: where the run's named splits and store are, if they moved since training.
-    shard: (i, N) with N > 1 predicts only the split's tracks of shard i (`moodtag.extract.shard_of`) into one row
+    shard: (i, N) with N > 1 predicts only the split's tracks of shard i (`moodtag.pool.shard_of`) into one row
     file, predictions/<name>.shard-i-of-N.npz, which `moodtag merge` joins into the files above (summary["part"]).
     """
     run_dir = Path(run_dir)
@@ -396,7 +370,7 @@ def predict_split(
     name, tsv = split_path(config, split)
     wanted = read_split(tsv).track_ids
     if shard[1] > 1:
-        from ..extract import shard_of
+        from ..pool import shard_of
 
         wanted = [track_id for track_id in wanted if shard_of(track_id, shard[1]) == shard[0]]
     store = store if store is not None else config.data.path(config.data.features)
@@ -404,15 +378,15 @@ def predict_split(
         run_dir, tsv if shard[1] == 1 else wanted, store, batch_size=batch_size, device=device,
         num_workers=num_workers, progress=progress,
     )
-    out = run_dir / "predictions"
-    probabilities = torch.sigmoid(torch.from_numpy(logits)).numpy().astype(np.float32)
+    probabilities = file_probabilities(logits)
     missing = sorted(set(wanted) - set(track_ids), key=wanted.index)
     if shard[1] > 1:
         from ..merge import write_part
 
-        part = write_part(out / f"{name}.shard-{shard[0]}-of-{shard[1]}.npz", track_ids, tags=tags, missing=missing,
+        part = write_part(rundir.shard_part_path(run_dir, name, shard), track_ids, tags=tags, missing=missing,
                           shard=shard, logits=logits.astype(np.float32), probabilities=probabilities)
         return {"split": name, "tracks": len(track_ids), "missing": missing, "part": part}
-    write_predictions(out / name, track_ids, tags, probabilities, logits=logits, missing=missing)
-    return {"split": name, "tracks": len(track_ids), "missing": missing, "probabilities": out / f"{name}.npy",
-            "logits": out / f"{name}.logits.npy", "csv": out / f"{name}.csv"}
+    npy, csv_file, logits_npy = rundir.save_predictions(run_dir, name, track_ids, tags, probabilities, logits=logits,
+                                                        missing=missing)[:3]
+    return {"split": name, "tracks": len(track_ids), "missing": missing, "probabilities": npy, "logits": logits_npy,
+            "csv": csv_file}

@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..atomic import finite
 from ..errors import DataError
 
 PAPER_T_POS = 0.1
@@ -44,9 +45,6 @@ class Thresholds:
     settings: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        def finite_or_none(value: float) -> float | None:
-            return float(value) if np.isfinite(value) else None
-
         return {
             "mode": self.mode,
             "scope": self.scope,
@@ -54,7 +52,7 @@ class Thresholds:
             "negative_quantile": NEGATIVE_QUANTILE,
             "settings": dict(self.settings),
             "tags": [
-                {"tag": tag, "t_pos": finite_or_none(p), "t_neg": finite_or_none(n), "note": self.notes.get(tag, "")}
+                {"tag": tag, "t_pos": finite(float(p)), "t_neg": finite(float(n)), "note": self.notes.get(tag, "")}
                 for tag, p, n in zip(self.tags, self.t_pos, self.t_neg)
             ],
         }
