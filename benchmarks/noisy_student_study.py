@@ -17,9 +17,10 @@ overrides) of each variant train on the first P pool tracks (`student.pool_size`
     none       the control: no pseudo-labels at all (every pool entry unknown), so the student gets the same start,
                noise, steps and batches with no information from the pool: what more training alone adds
 
-The --pool-variant runs at every pool size, the others at the largest. Each cell's difference is the mean over
-seeds of student - teacher test macro ROC-AUC (and PR-AUC), with the percentile interval of the per-resample mean
-difference (the same test resamples in every seed, as `moodtag reproduce --seeds` pools its claims).
+The --pool-variant runs at every pool size, the others at the largest. Each cell gives the mean over seeds of student
+- teacher test macro ROC-AUC (and PR-AUC) and, for the pseudo-label variants, of student - control (what the
+pseudo-labels add), each with the percentile interval of the per-resample mean difference (the same test resamples in
+every seed, as `moodtag reproduce --seeds` pools its claims).
 
 Runs live under DIR/L<L>/seed-<s>/ and are resumed: a rerun only does what is missing. --reuse-teachers
 208=/runs/seed-{seed}/runs/long-hpcp takes the teachers of that size from finished runs of the same config and
@@ -193,10 +194,11 @@ def _pseudo_label(student) -> None:
 
 
 def _summarise(cells: list[Cell], teachers: dict, students: dict, seeds: list[int]) -> dict:
-    """Per cell: each seed's teacher and student scores and the pooled paired difference with its interval."""
-    rows = []
+    """Per cell: each seed's teacher and student scores and the pooled paired differences with their intervals,
+    student - teacher and (where the control ran) student - the control of the same labelled size."""
+    values, rows = {}, []
     for cell in cells:
-        scores, differences = [], {metric: [] for metric in METRICS}
+        scores = []
         for seed in seeds:
             teacher_dir = Path(teachers[cell.labelled, seed].run_dir)
             student = students[cell, seed]
@@ -207,34 +209,50 @@ def _summarise(cells: list[Cell], teachers: dict, students: dict, seeds: list[in
                 raise SystemExit(f"{student_dir}: test predictions are not of the teacher's tracks")
             labels = ens.split_labels(teacher_dir, "test", ids, tags)
             weights = bootstrap.resample_weights(len(ids))
-            values = [bootstrap.replicates(labels, s, weights) for s in (teacher_scores, student_scores)]
             points = [evaluate(labels, s, thresholds=None) for s in (teacher_scores, student_scores)]
+            values["teacher", cell.labelled, seed], values[cell, seed] = (
+                (bootstrap.replicates(labels, s, weights), point) for s, point in zip((teacher_scores, student_scores),
+                                                                                      points))
             pool = json.loads((student_dir / "run.json").read_text())["pool"]
             scores.append({"seed": seed, "student_run": str(student_dir), "pool_tracks": pool["tracks"],
                            **{f"{who}_{m}": point[m] for who, point in zip(("teacher", "student"), points)
                               for m in METRICS}})
-            for metric in METRICS:
-                differences[metric].append(values[1][metric] - values[0][metric])
-        row = {**dataclasses.asdict(cell), "seeds": scores}
-        for metric in METRICS:
-            point = float(np.mean([s[f"student_{metric}"] - s[f"teacher_{metric}"] for s in scores]))
-            low, high = bootstrap.interval(np.mean(differences[metric], axis=0))
-            row[metric] = {"difference": point, "interval": [low, high]}
-        rows.append(row)
+        rows.append({**dataclasses.asdict(cell), "seeds": scores,
+                     "vs_teacher": _pooled(values, [(cell, seed) for seed in seeds],
+                                           [("teacher", cell.labelled, seed) for seed in seeds])})
+    controls = {cell.labelled: cell for cell in cells if cell.variant == "none"}
+    for cell, row in zip(cells, rows):
+        control = controls.get(cell.labelled)
+        if control is not None and control != cell:
+            row["vs_control"] = _pooled(values, [(cell, seed) for seed in seeds], [(control, seed) for seed in seeds])
     return {"seeds": seeds, "cells": rows}
 
 
+def _pooled(values: dict, better: list, worse: list) -> dict:
+    """Mean over seeds of a paired difference and the interval of its per-resample mean (the same resamples);
+    `values` maps a run's key to (bootstrap replicates, metrics on the whole test split)."""
+    out = {}
+    for metric in METRICS:
+        replicates = np.mean([values[b][0][metric] - values[w][0][metric] for b, w in zip(better, worse)], axis=0)
+        point = np.mean([values[b][1][metric] - values[w][1][metric] for b, w in zip(better, worse)])
+        low, high = bootstrap.interval(replicates)
+        out[metric] = {"difference": float(point), "interval": [low, high]}
+    return out
+
+
 def _markdown(summary: dict, args) -> str:
-    lines = [f"Student - teacher, test split, mean over seeds {summary['seeds']} with the paired 95 % interval over "
-             f"test tracks (student config {args.student.name}, overrides: {' '.join(args.overrides) or 'none'}).", "",
-             "| labelled | pool | variant | teacher ROC-AUC | student ROC-AUC | Δ ROC-AUC | Δ PR-AUC |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [f"Test split, mean over seeds {summary['seeds']} with the paired 95 % interval over test tracks (student "
+             f"config {args.student.name}, overrides: {' '.join(args.overrides) or 'none'}); Δ = student − teacher, "
+             "and − control = student − the control (no pseudo-labels) of the same labelled size.", "",
+             "| labelled | pool | variant | teacher ROC-AUC | student ROC-AUC | Δ ROC-AUC | Δ PR-AUC | − control ROC-AUC |"
+             " − control PR-AUC |", "|---|---|---|---|---|---|---|---|---|"]
     for row in summary["cells"]:
         teacher = np.mean([s["teacher_roc_auc_macro"] for s in row["seeds"]])
         student = np.mean([s["student_roc_auc_macro"] for s in row["seeds"]])
         variant = "none (control)" if row["variant"] == "none" else row["variant"]
+        against = [_difference(row["vs_control"][m]) if "vs_control" in row else "—" for m in METRICS]
         lines.append(f"| {row['labelled']} | {row['pool']} | {variant} | {teacher:.4f} | {student:.4f} | "
-                     + " | ".join(_difference(row[m]) for m in METRICS) + " |")
+                     + " | ".join([_difference(row["vs_teacher"][m]) for m in METRICS] + against) + " |")
     return "\n".join(lines)
 
 
@@ -244,28 +262,34 @@ def _difference(value: dict) -> str:
 
 
 def _figure(summary: dict, path: Path) -> None:
+    """One panel per labelled size: student - teacher test ROC-AUC per cell (filled; green when the interval is above
+    0, red below, grey across) and student - control (open squares), with their 95 % intervals."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     cells = summary["cells"]
-    sizes = sorted({row["labelled"] for row in cells})
-    fig, axes = plt.subplots(1, len(sizes), figsize=(4.5 * len(sizes), 3.6), sharey=True, squeeze=False)
+    sizes = sorted({row["labelled"] for row in cells}, reverse=True)
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 3.8), sharey=True, squeeze=False)
     for ax, size in zip(axes[0], sizes):
         rows = [row for row in cells if row["labelled"] == size]
         for x, row in enumerate(rows):
-            value = row["roc_auc_macro"]
-            low, high = value["interval"]
-            colour = "tab:green" if low > 0 else "tab:red" if high < 0 else "tab:grey"
-            ax.errorbar(x, value["difference"], yerr=[[value["difference"] - low], [high - value["difference"]]],
-                        fmt="o", color=colour, capsize=3)
+            for key, shift, marker in (("vs_teacher", -0.1, "o"), ("vs_control", 0.1, "s")):
+                if key not in row:
+                    continue
+                value = row[key]["roc_auc_macro"]
+                low, high = value["interval"]
+                colour = "tab:green" if low > 0 else "tab:red" if high < 0 else "tab:grey"
+                ax.errorbar(x + shift, value["difference"], fmt=marker, color=colour, capsize=3,
+                            yerr=[[value["difference"] - low], [high - value["difference"]]],
+                            mfc=colour if key == "vs_teacher" else "white")
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(rows)), [f"{row['variant']}\nP={row['pool']}" for row in rows], fontsize=8)
-        ax.set_title(f"{size} labelled tracks")
-    axes[0][0].set_ylabel("student - teacher test ROC-AUC")
-    fig.suptitle(f"Noisy student on the synthetic corpus ({len(summary['seeds'])} seeds, 95 % paired intervals)",
-                 fontsize=10)
+        ax.set_title(f"{size} labelled tracks", fontsize=10)
+    axes[0][0].set_ylabel("test ROC-AUC difference")
+    fig.suptitle(f"Noisy student on the synthetic corpus: student − teacher (●) and student − control (□), "
+                 f"{len(summary['seeds'])} seeds, 95 % paired intervals", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
