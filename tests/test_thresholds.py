@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from moodtag import rundir
 from moodtag.training import pseudo_label as pl
 from moodtag.training.thresholds import Thresholds, precision_thresholds
 
@@ -86,7 +87,7 @@ def test_soft_targets_are_the_teachers_probabilities_except_for_unranked_tags(tm
     thresholds = pl.fixed_thresholds(TAGS)
     thresholds.t_pos[1], thresholds.t_neg[1] = np.inf, -np.inf  # as the rules leave a tag they give no labels
     pl.write_pseudo_labels(tmp_path, ["a", "b"], logits, thresholds)
-    track_ids, targets = pl.soft_targets(tmp_path, TAGS[::-1])
+    track_ids, targets = rundir.soft_targets(tmp_path, TAGS[::-1])
     expected = 1 / (1 + np.exp(-logits[:, ::-1]))
     expected[:, 1] = np.nan
     assert track_ids == ["a", "b"]

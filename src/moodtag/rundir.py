@@ -148,6 +148,31 @@ def load_labels(path: str | os.PathLike) -> tuple[list[str], list[str], np.ndarr
         raise DataError(f"{path}: unreadable pseudo-label file ({err})") from None
 
 
+def soft_targets(folder: str | os.PathLike, tags: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """(track ids, (n, n_tags) float32): a pseudo-labelling folder's teacher probabilities (predictions.npz) as soft
+    targets, columns in `tags` order. Tags its threshold rule gave no labels at all (thresholds.json: t_pos and t_neg
+    both null, i.e. +inf and -inf: the teacher cannot rank them) are NaN, so a student learns nothing from a teacher
+    that knows nothing there."""
+    folder = Path(folder)
+    try:
+        with np.load(folder / "predictions.npz") as data:
+            track_ids, file_tags = list(map(str, data["track_ids"])), list(map(str, data["tags"]))
+            probabilities = data["probabilities"].astype(np.float32)
+    except (OSError, ValueError, KeyError) as err:
+        raise DataError(f"{folder / 'predictions.npz'}: soft targets need the teacher's predictions ({err})") from None
+    if sorted(file_tags) != sorted(tags):
+        raise DataError(f"{folder / 'predictions.npz'}: its tags differ from the run's tag list")
+    try:
+        rows = json.loads((folder / "thresholds.json").read_text())["tags"]
+        silent = {row["tag"] for row in rows if row["t_pos"] is None and row["t_neg"] is None}
+    except (OSError, ValueError, KeyError) as err:
+        raise DataError(f"{folder / 'thresholds.json'}: unreadable ({err})") from None
+    column = {tag: j for j, tag in enumerate(file_tags)}
+    targets = probabilities[:, [column[tag] for tag in tags]]
+    targets[:, [j for j, tag in enumerate(tags) if tag in silent]] = np.nan
+    return track_ids, targets
+
+
 def split_path(config: "RunConfig", split: str) -> tuple[str, Path]:
     """(name, TSV path) for `train`, `validation`, `test` (the config's splits) or a path to a TSV."""
     data = config.data

@@ -14,6 +14,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Sampler
 from ..config import DataConfig, RunConfig
 from ..errors import DataError
 from ..evaluate import scored_tags
+from ..rundir import soft_targets
 from ..store import FeatureStore
 from .datasets import (
     AllChunksDataset,
@@ -126,8 +127,6 @@ class MoodDataModule(L.LightningDataModule):
 
     def _soft_targets(self, track_ids: list[str]) -> np.ndarray:
         """The teacher's probabilities for `track_ids`, from the predictions.npz beside the student's labels.npz."""
-        from ..training.pseudo_label import soft_targets
-
         folder = Path(self.pseudo_labels).parent
         predicted, targets = soft_targets(folder, self.tags)
         row = {track_id: i for i, track_id in enumerate(predicted)}

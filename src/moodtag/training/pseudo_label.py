@@ -5,7 +5,7 @@ below `t_neg` a negative one, and everything in between is *unknown* (NaN), whic
 
 Thresholds come from `moodtag.training.thresholds` (fixed, the paper's derived rule, or the precision rule);
 students read `labels.npz` (hard labels) or, with `student.targets: soft`, the teacher's probabilities in
-`predictions.npz` (`soft_targets`).
+`predictions.npz` (`moodtag.rundir.soft_targets`).
 
 Pool predictions are made in fixed chunks of tracks, one file per chunk, written atomically: a killed run loses at
 most the chunk in progress, and `--shard i/N` runs take every N-th chunk, so any number of machines can share the pool.
@@ -228,27 +228,6 @@ def read_pseudo_labels(out_dir: str | os.PathLike) -> PseudoLabels:
     except (OSError, ValueError, KeyError) as err:
         raise DataError(f"{out_dir / 'thresholds.json'}: unreadable ({err})") from None
     return PseudoLabels(out_dir, track_ids, thresholds, targets, ran=False)
-
-
-def soft_targets(out_dir: str | os.PathLike, tags: Sequence[str]) -> tuple[list[str], np.ndarray]:
-    """(track ids, (n, n_tags) float32): the teacher's pool probabilities (predictions.npz) as soft targets, columns
-    in `tags` order. Tags the threshold rule gave no labels at all (t_pos = +inf and t_neg = -inf: the teacher cannot
-    rank them) are NaN, so a student learns nothing from a teacher that knows nothing there."""
-    out_dir = Path(out_dir)
-    try:
-        with np.load(out_dir / "predictions.npz") as data:
-            track_ids, file_tags = list(map(str, data["track_ids"])), list(map(str, data["tags"]))
-            probabilities = data["probabilities"].astype(np.float32)
-    except (OSError, ValueError, KeyError) as err:
-        raise DataError(f"{out_dir / 'predictions.npz'}: soft targets need the teacher's predictions ({err})") from None
-    if sorted(file_tags) != sorted(tags):
-        raise DataError(f"{out_dir / 'predictions.npz'}: its tags differ from the run's tag list")
-    thresholds = read_pseudo_labels(out_dir).thresholds
-    silent = {tag for tag, p, n in zip(thresholds.tags, thresholds.t_pos, thresholds.t_neg) if p == np.inf and n == -np.inf}
-    column = {tag: j for j, tag in enumerate(file_tags)}
-    targets = probabilities[:, [column[tag] for tag in tags]]
-    targets[:, [j for j, tag in enumerate(tags) if tag in silent]] = np.nan
-    return track_ids, targets
 
 
 def pseudo_label(
