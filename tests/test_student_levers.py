@@ -199,6 +199,8 @@ def test_inherit_weights_maps_the_teachers_layers_around_the_students_stochastic
     torch.testing.assert_close(student.eval()(mel, hpcp), teacher(mel, hpcp), rtol=1e-4, atol=1e-5)
     with pytest.raises(ConfigError, match="gru_hidden"):
         inherit_weights(MoodCRNN(resolve_model_config({"preset": "tiny", "gru_hidden": 8}), 3), teacher)
+    with pytest.raises(ConfigError, match="at least the teacher's 2 stochastic blocks"):
+        inherit_weights(teacher, student)
 
 
 class StartingModel(Callback):

@@ -135,8 +135,8 @@ class StudentConfig:
     round(pool_ratio * batch_size) pool tracks) or alternate (labelled and pool epochs alternate, as the released code).
     targets: hard (labels.npz: 1 / 0 / unknown) or soft (the teacher's probabilities, predictions.npz).
     pool_size: train on the first N pool tracks only (pool order, after the left-out tracks); null = all.
-    init: scratch (a freshly initialised student, the paper's) or teacher (start from the teacher's best weights; the
-    student's extra stochastic blocks keep their fresh initialisation).
+    init: scratch (a freshly initialised student, the paper's) or teacher (start as the teacher: its best weights,
+    the student's extra stochastic blocks the identity; moodtag.models.inherit_weights).
     """
 
     teacher: str

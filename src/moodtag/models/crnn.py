@@ -297,12 +297,16 @@ def inherit_weights(student: MoodCRNN, teacher: MoodCRNN, mel: torch.Tensor | No
     Returns the student's state entries the teacher had no counterpart for.
     """
     ignored = {"stochastic_blocks", "stochastic_drop_prob", "stochastic_dropout"}
+    theirs = teacher.config.to_dict()
     differ = sorted(key for key, value in student.config.to_dict().items()
-                    if key not in ignored and teacher.config.to_dict().get(key) != value)
+                    if key not in ignored and theirs.get(key) != value)
     if differ or student.n_tags != teacher.n_tags:
         raise ConfigError("student.init: teacher needs the teacher's model layout and tags; they differ at "
                           + ", ".join(differ or ["n_tags"]))
     shift = student.config.stochastic_blocks - teacher.config.stochastic_blocks
+    if shift < 0:
+        raise ConfigError(f"student.init: teacher needs a student with at least the teacher's "
+                          f"{teacher.config.stochastic_blocks} stochastic blocks, got {student.config.stochastic_blocks}")
     state = student.state_dict()
     inherited = {_student_name(name, shift): value for name, value in teacher.state_dict().items()}
     state.update(inherited)
