@@ -44,7 +44,6 @@ import numpy as np
 
 from moodtag import bootstrap, ensemble as ens
 from moodtag.config import load_config
-from moodtag.data.splits import read_split
 from moodtag.evaluate import evaluate
 from moodtag.numerics import pin_cpu_kernels
 
