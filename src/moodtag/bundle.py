@@ -135,12 +135,12 @@ class Bundle:
         return device == "cpu" or ONNX_CUDA in onnx_providers()
 
     def build_model(self, member: Member):
-        """The member's MoodCRNN (eval mode, CPU) with its weights."""
+        """The member's model (a MoodCRNN or MultiResCRNN, eval mode, CPU) with its weights."""
         from safetensors.torch import load_file
 
-        from .models import CRNNConfig, MoodCRNN
+        from .models import build_model
 
-        model = MoodCRNN(CRNNConfig.from_dict(member.model_config), len(self.tags))
+        model = build_model(member.model_config, len(self.tags))
         model.load_state_dict(load_file(self.root / member.weights))
         return model.eval()
 
@@ -249,7 +249,7 @@ def sha256_of(path: Path) -> str:
 
 @dataclasses.dataclass
 class ExportMember:
-    """What `write_bundle` needs of one member: its model (a MoodCRNN) and how it reads a track."""
+    """What `write_bundle` needs of one member: its model (a MoodCRNN or MultiResCRNN) and how it reads a track."""
 
     name: str
     mode: str

@@ -68,13 +68,14 @@ class AugmentConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    """A preset of moodtag.models.MODEL_PRESETS plus overrides of its CRNNConfig fields."""
+    """A preset of moodtag.models.MODEL_PRESETS plus overrides of its config's fields (CRNNConfig, or MultiResConfig
+    for the multi-resolution presets)."""
 
     preset: str = "paper"
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def build_config(self, feature_params=None):
-        """The CRNNConfig this section describes; given the FeatureParams of the training features, its input sizes
+        """The model config this section describes; given the FeatureParams of the training features, its input sizes
         are theirs (moodtag.features.contract.input_sizes), and a config that states others is refused."""
         from .models import resolve_model_config
 

@@ -1,8 +1,11 @@
-"""Pure ``nn.Module`` models: the paper's mel (+ HPCP) CRNN tagger and its building blocks."""
+"""Pure ``nn.Module`` models: the paper's mel (+ HPCP) CRNN tagger, its building blocks, and the multi-resolution
+model beyond the paper."""
 from __future__ import annotations
 
 from .blocks import GeM, ResidualConvBlock, StochasticConvBlock
-from .crnn import MODEL_PRESETS, CRNNBranch, CRNNConfig, MoodCRNN, inherit_weights, resolve_model_config
+from .crnn import CRNNBranch, CRNNConfig, MoodCRNN, inherit_weights
+from .multires import MultiResConfig, MultiResCRNN
+from .presets import MODEL_PRESETS, build_model, model_config_from_dict, resolve_model_config
 
 __all__ = [
     "MODEL_PRESETS",
@@ -10,8 +13,12 @@ __all__ = [
     "CRNNConfig",
     "GeM",
     "MoodCRNN",
+    "MultiResCRNN",
+    "MultiResConfig",
     "ResidualConvBlock",
     "StochasticConvBlock",
+    "build_model",
     "inherit_weights",
+    "model_config_from_dict",
     "resolve_model_config",
 ]

@@ -138,49 +138,6 @@ def _pool(name: str, kernel: Any) -> Pool:
     return (_positive_int(f"{name}[]", kernel[0]), _positive_int(f"{name}[]", kernel[1]))
 
 
-MODEL_PRESETS: dict[str, CRNNConfig] = {
-    # The released code's model: about 3.1 M parameters with HPCP (2.3 M mel-only), of the order of Choi et al.'s CRNN.
-    "paper": CRNNConfig(),
-    # A quarter of the compute: for quick experiments on real data.
-    "small": CRNNConfig(
-        mel_channels=(32, 48, 64), mel_pooling=((2, 2), (2, 2), (4, 2)),
-        hpcp_channels=(16, 32, 32), hpcp_pooling=((1, 2), (2, 2), (2, 2)),
-        gru_hidden=96, embed_dim=128, fusion_hidden=128,
-    ),
-    # Tens of thousands of parameters: trains in seconds on CPU (tests, the synthetic demo).
-    "tiny": CRNNConfig(
-        mel_channels=(4, 8), mel_pooling=((4, 2), (4, 4)),
-        hpcp_channels=(4, 8), hpcp_pooling=((2, 2), (2, 4)),
-        gru_hidden=16, embed_dim=32, fusion_hidden=32,
-    ),
-    # The synthetic demo: tiny's layout at twice the width, and a transposition-invariant HPCP branch (circular pitch
-    # padding, every pitch bin kept until the last block pools all 12) so harmony tags are learnable from ~180 tracks.
-    "demo": CRNNConfig(
-        mel_channels=(8, 16), mel_pooling=((4, 2), (4, 4)),
-        hpcp_channels=(8, 8, 16, 16), hpcp_pooling=((1, 2), (1, 2), (1, 2), (12, 2)), hpcp_circular=True,
-        gru_hidden=32, embed_dim=32, fusion_hidden=32,
-    ),
-}
-
-
-def resolve_model_config(spec: str | Mapping[str, Any] | CRNNConfig | None = None) -> CRNNConfig:
-    """A config from a preset name, or a mapping ``{"preset": name, **overrides}`` (preset defaults to "paper").
-
-    This is how training configs name a model, e.g. ``{"preset": "tiny", "use_hpcp": False}``.
-    """
-    if isinstance(spec, CRNNConfig):
-        return spec
-    if spec is None or isinstance(spec, str):
-        spec = {"preset": spec or "paper"}
-    if not isinstance(spec, Mapping):
-        raise ConfigError(f"model config must be a preset name or a mapping, got {type(spec).__name__}")
-    overrides = dict(spec)
-    name = overrides.pop("preset", "paper")
-    if name not in MODEL_PRESETS:
-        raise ConfigError(f"unknown model preset {name!r}; choose from {', '.join(MODEL_PRESETS)}")
-    return CRNNConfig.from_dict({**MODEL_PRESETS[name].to_dict(), **overrides})
-
-
 class CRNNBranch(nn.Module):
     """Residual conv blocks with GeM pooling, a bidirectional GRU over time, and a projection to ``embed_dim``.
 
@@ -190,19 +147,12 @@ class CRNNBranch(nn.Module):
     def __init__(self, bins: int, channels: tuple[int, ...], pooling: tuple[Pool, ...], config: CRNNConfig, *,
                  circular: bool = False):
         super().__init__()
-        layers: list[nn.Module] = []
-        in_ch, out_bins = 1, bins
-        for index, (out_ch, pool) in enumerate(zip(channels, pooling)):
-            layers.append(ResidualConvBlock(in_ch, out_ch, pool, gem_p=config.gem_p,
-                                            gem_learnable=config.gem_learnable))
-            if index == 0:
-                layers.extend(StochasticConvBlock(out_ch, config.stochastic_drop_prob, config.stochastic_dropout)
-                              for _ in range(config.stochastic_blocks))
-            in_ch, out_bins = out_ch, math.ceil(out_bins / pool[0])
-        self.convs = nn.Sequential(*layers)
-        if circular:
-            _pad_bins_circularly(self.convs)
-        self.gru = nn.GRU(in_ch * out_bins, config.gru_hidden, num_layers=config.gru_layers, batch_first=True,
+        self.convs, width = conv_stack(
+            bins, channels, pooling, config.gem_p, config.gem_learnable, circular=circular,
+            after_first=lambda ch: [StochasticConvBlock(ch, config.stochastic_drop_prob, config.stochastic_dropout)
+                                    for _ in range(config.stochastic_blocks)],
+        )
+        self.gru = nn.GRU(width, config.gru_hidden, num_layers=config.gru_layers, batch_first=True,
                           bidirectional=True, dropout=config.dropout if config.gru_layers > 1 else 0.0)
         self.project = nn.Sequential(nn.Linear(2 * config.gru_hidden, config.embed_dim), nn.ReLU())
         self.gru_pool = config.gru_pool
@@ -210,20 +160,40 @@ class CRNNBranch(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.convs(x.unsqueeze(1))                      # (batch, channels, bins', time')
         x = x.permute(0, 3, 1, 2).flatten(2)                # (batch, time', channels * bins')
-        outputs, h_n = self._run_gru(x)
+        outputs, h_n = run_gru(self.gru, x)
         if self.gru_pool == "last":
             summary = torch.cat([h_n[-2], h_n[-1]], dim=-1)  # top layer's final forward and backward states
         else:
             summary = outputs.mean(dim=1)
         return self.project(summary)
 
-    def _run_gru(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if x.device.type != "cpu":
-            return self.gru(x)
-        # On CPU the GRU runs step by step, and autocast would recast its weights to bf16 at every step (slower than
-        # float32 overall), so it runs in its weights' precision outside autocast.
-        with torch.autocast("cpu", enabled=False):
-            return self.gru(x.to(self.gru.weight_ih_l0.dtype))
+
+def conv_stack(bins: int, channels: tuple[int, ...], pooling: tuple[Pool, ...], gem_p: float, gem_learnable: bool,
+               *, circular: bool = False, after_first=lambda channels: []) -> tuple[nn.Sequential, int]:
+    """Residual conv blocks over (batch, 1, bins, time), and the width (channels x bins) of their output per step.
+
+    after_first(channels): blocks inserted after the first conv block (the noisy student's stochastic blocks).
+    circular: the 3x3 convs wrap around the bin axis (`CRNNConfig.hpcp_circular`)."""
+    layers: list[nn.Module] = []
+    in_ch, out_bins = 1, bins
+    for index, (out_ch, pool) in enumerate(zip(channels, pooling)):
+        layers.append(ResidualConvBlock(in_ch, out_ch, pool, gem_p=gem_p, gem_learnable=gem_learnable))
+        if index == 0:
+            layers.extend(after_first(out_ch))
+        in_ch, out_bins = out_ch, math.ceil(out_bins / pool[0])
+    convs = nn.Sequential(*layers)
+    if circular:
+        _pad_bins_circularly(convs)
+    return convs, in_ch * out_bins
+
+
+def run_gru(gru: nn.GRU, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if x.device.type != "cpu":
+        return gru(x)
+    # On CPU the GRU runs step by step, and autocast would recast its weights to bf16 at every step (slower than
+    # float32 overall), so it runs in its weights' precision outside autocast.
+    with torch.autocast("cpu", enabled=False):
+        return gru(x.to(gru.weight_ih_l0.dtype))
 
 
 def _pad_bins_circularly(module: nn.Module) -> None:

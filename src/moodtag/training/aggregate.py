@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from ..models import MoodCRNN
 
-
-def track_logits(model: MoodCRNN, batch: dict, max_chunks: int, n_tracks: int | None = None) -> torch.Tensor:
+def track_logits(model: nn.Module, batch: dict, max_chunks: int, n_tracks: int | None = None) -> torch.Tensor:
     """(B, n_tags) logits of a batch: long crops directly; short mode (a batch with `chunk_track`) runs every chunk
     and averages the chunk logits of each track (`chunk_mean_logits`). n_tracks: B (default: the batch's `index`)."""
     if "chunk_track" not in batch:
@@ -16,7 +15,7 @@ def track_logits(model: MoodCRNN, batch: dict, max_chunks: int, n_tracks: int | 
     return chunk_mean_logits(model, batch["mel"], batch.get("hpcp"), batch["chunk_track"], n_tracks, max_chunks)
 
 
-def chunk_mean_logits(model: MoodCRNN, mel: torch.Tensor, hpcp: torch.Tensor | None, chunk_track: torch.Tensor | None,
+def chunk_mean_logits(model: nn.Module, mel: torch.Tensor, hpcp: torch.Tensor | None, chunk_track: torch.Tensor | None,
                       n_tracks: int, max_chunks: int) -> torch.Tensor:
     """(n_tracks, n_tags) mean chunk logits (section 2.3) of chunks mel (n_chunks, n_mels, S) and hpcp, run at most
     `max_chunks` at a time; chunk_track (n_chunks,) says whose chunk each is (None: all of one track)."""

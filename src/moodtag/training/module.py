@@ -1,4 +1,4 @@
-"""The LightningModule that trains a MoodCRNN (sections 2.2–2.5): loss, augmentation, validation metrics, history.
+"""The LightningModule that trains a tagger model (sections 2.2–2.5): loss, augmentation, validation metrics, history.
 
 The model stays a pure nn.Module (moodtag.models); this module adds what training needs around it. Validation
 predictions are gathered from every rank and de-duplicated by track position before any metric is computed, so the
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..config import RunConfig
 from ..data.augment import augment_batch
-from ..models import CRNNConfig, MoodCRNN
+from ..models import build_model
 from .aggregate import track_logits
 
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_roc_auc", "val_pr_auc", "time", "empty_batches")
@@ -51,7 +51,7 @@ def macro_scores(targets: np.ndarray, probabilities: np.ndarray) -> tuple[float,
 
 
 class TaggingModule(L.LightningModule):
-    """Trains a MoodCRNN from a resolved RunConfig (as a dict) and the tag list; checkpoints rebuild it alone.
+    """Trains a model (MoodCRNN or MultiResCRNN, by its config's family) from a resolved RunConfig (as a dict) and the tag list; checkpoints rebuild it alone.
 
     hpcp_frames_per_step and feature_params come from the feature store the run was trained on.
     """
@@ -62,7 +62,7 @@ class TaggingModule(L.LightningModule):
         self.save_hyperparameters()
         self.run_config = RunConfig.from_dict(config)
         self.tags = list(tags)
-        self.model = MoodCRNN(CRNNConfig.from_dict(model_config), len(tags))
+        self.model = build_model(model_config, len(tags))
         if self.run_config.train.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.history: list[dict] = []
@@ -91,12 +91,28 @@ class TaggingModule(L.LightningModule):
             batch["mel"], batch.get("hpcp"), mask_max_range=augment.mask_max_range, input_noise=augment.input_noise,
             hpcp_frames_per_step=self.hparams.hpcp_frames_per_step,
         )
-        loss, n_known = masked_bce_with_logits(self.model(mel, hpcp), batch["target"])
+        loss, n_known = self._training_loss(mel, hpcp, batch["target"])
         self._loss_sum = self._loss_sum.to(loss.device) + loss.detach()
         self._batches = self._batches.to(loss.device) + 1
         self._empty_batches = self._empty_batches.to(loss.device) + (n_known == 0)
         self.log("train_loss", loss, prog_bar=True, batch_size=len(mel))
         return loss
+
+    def _training_loss(self, mel, hpcp, targets) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss on the model's logits. A multi-resolution model adds `aux_weight` times the mean loss of its
+        views (MultiResConfig), so that each tags on its own: the long and fine views judged on the track, the short
+        view on each window at least half audio, by its track's tags, as the short model's chunks are.
+        Returns (loss, known target entries)."""
+        if not hasattr(self.model, "views"):
+            return masked_bce_with_logits(self.model(mel, hpcp), targets)
+        views = self.model.views(mel, hpcp)
+        loss, n_known = masked_bce_with_logits(views["fused"], targets)
+        windows = views["windows"]
+        window_targets = torch.where(views["window_share"][..., None] >= 0.5,
+                                     targets[:, None].expand(windows.shape), float("nan"))
+        aux = [masked_bce_with_logits(views[name], targets)[0] for name in ("long", "fine")]
+        aux.append(masked_bce_with_logits(windows.flatten(0, 1), window_targets.flatten(0, 1))[0])
+        return loss + self.model.config.aux_weight * torch.stack(aux).mean(), n_known
 
     def on_validation_epoch_start(self) -> None:
         self._val_outputs = []

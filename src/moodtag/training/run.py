@@ -31,7 +31,7 @@ from ..data.datamodule import MoodDataModule, evaluation_loader, open_store
 from ..data.datasets import unlabelled_tracks
 from ..data.splits import read_split
 from ..errors import ConfigError, DataError
-from ..models import CRNNConfig, MoodCRNN, inherit_weights
+from ..models import MoodCRNN, build_model, inherit_weights
 from ..numerics import numerics_record, torch_threads
 from ..store import FeatureStore
 from ..predictions import file_probabilities
@@ -128,6 +128,8 @@ def _start_from_teacher(module: TaggingModule, config: RunConfig, datamodule: Mo
     identity on the first labelled tracks' activations)."""
     teacher_dir = teacher_run_dir(config)
     teacher, _, tags = load_model(teacher_dir)
+    if not isinstance(module.model, MoodCRNN) or not isinstance(teacher, MoodCRNN):
+        raise ConfigError(f"{config.name}: student.init: teacher needs a MoodCRNN teacher and student")
     if tags != module.tags:
         raise ConfigError(f"{config.name}: student.init: teacher needs the teacher's tags; {teacher_dir} has others")
     datamodule.setup("fit")
@@ -262,8 +264,9 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def load_model(run_dir: str | os.PathLike, *, checkpoint: str = "best") -> tuple[MoodCRNN, RunConfig, list[str]]:
-    """The run's model (eval mode, CPU) rebuilt from checkpoints/<checkpoint>.ckpt alone, its config and tag list."""
+def load_model(run_dir: str | os.PathLike, *, checkpoint: str = "best") -> tuple[torch.nn.Module, RunConfig, list[str]]:
+    """The run's model (a MoodCRNN or MultiResCRNN, eval mode, CPU) rebuilt from checkpoints/<checkpoint>.ckpt
+    alone, its config and tag list."""
     return load_run(run_dir, checkpoint=checkpoint)[:3]
 
 
@@ -273,7 +276,7 @@ def load_run(run_dir: str | os.PathLike, *, checkpoint: str = "best"):
 
     saved = rundir.read_checkpoint(run_dir, checkpoint)
     hparams = saved["hyper_parameters"]
-    model = MoodCRNN(CRNNConfig.from_dict(hparams["model_config"]), len(hparams["tags"]))
+    model = build_model(hparams["model_config"], len(hparams["tags"]))
     prefix = "model."
     model.load_state_dict({k[len(prefix):]: v for k, v in saved["state_dict"].items() if k.startswith(prefix)})
     model.eval()

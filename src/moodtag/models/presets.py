@@ -1,0 +1,82 @@
+"""Model presets by name, and building a model from its config (MoodCRNN or MultiResCRNN, by `family`)."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Union
+
+from torch import nn
+
+from ..errors import ConfigError
+from .crnn import CRNNConfig, MoodCRNN
+from .multires import MultiResConfig, MultiResCRNN
+
+ModelSpec = Union[CRNNConfig, MultiResConfig]
+FAMILIES = {"crnn": (CRNNConfig, MoodCRNN), "multires": (MultiResConfig, MultiResCRNN)}
+
+MODEL_PRESETS: dict[str, ModelSpec] = {
+    # The released code's model: about 3.1 M parameters with HPCP (2.3 M mel-only), of the order of Choi et al.'s CRNN.
+    "paper": CRNNConfig(),
+    # A quarter of the compute: for quick experiments on real data.
+    "small": CRNNConfig(
+        mel_channels=(32, 48, 64), mel_pooling=((2, 2), (2, 2), (4, 2)),
+        hpcp_channels=(16, 32, 32), hpcp_pooling=((1, 2), (2, 2), (2, 2)),
+        gru_hidden=96, embed_dim=128, fusion_hidden=128,
+    ),
+    # Tens of thousands of parameters: trains in seconds on CPU (tests, the synthetic demo).
+    "tiny": CRNNConfig(
+        mel_channels=(4, 8), mel_pooling=((4, 2), (4, 4)),
+        hpcp_channels=(4, 8), hpcp_pooling=((2, 2), (2, 4)),
+        gru_hidden=16, embed_dim=32, fusion_hidden=32,
+    ),
+    # The synthetic demo: tiny's layout at twice the width, and a transposition-invariant HPCP branch (circular pitch
+    # padding, every pitch bin kept until the last block pools all 12) so harmony tags are learnable from ~180 tracks.
+    "demo": CRNNConfig(
+        mel_channels=(8, 16), mel_pooling=((4, 2), (4, 4)),
+        hpcp_channels=(8, 8, 16, 16), hpcp_pooling=((1, 2), (1, 2), (1, 2), (12, 2)), hpcp_circular=True,
+        gru_hidden=32, embed_dim=32, fusion_hidden=32,
+    ),
+    # Beyond the paper (docs/beyond.md): one multi-resolution model in place of the long/short ensemble, with the
+    # paper model's conv trunks (HPCP pooled to the mel's step rate).
+    "multires": MultiResConfig(),
+    # The synthetic demo's: the demo preset's trunks (HPCP pooled x20 in time to meet the mel's x8) and widths.
+    "multires-demo": MultiResConfig(
+        mel_channels=(8, 16), mel_pooling=((4, 2), (4, 4)),
+        hpcp_channels=(8, 8, 16, 16), hpcp_pooling=((1, 2), (1, 2), (1, 5), (12, 1)), hpcp_circular=True,
+        seq_dim=32, gru_hidden=32, short_hidden=32, fine_dim=16, head_hidden=32,
+    ),
+}
+
+
+def resolve_model_config(spec: str | Mapping[str, Any] | ModelSpec | None = None) -> ModelSpec:
+    """A config from a preset name, or a mapping ``{"preset": name, **overrides}`` (preset defaults to "paper").
+
+    This is how training configs name a model, e.g. ``{"preset": "tiny", "use_hpcp": False}``.
+    """
+    if isinstance(spec, (CRNNConfig, MultiResConfig)):
+        return spec
+    if spec is None or isinstance(spec, str):
+        spec = {"preset": spec or "paper"}
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"model config must be a preset name or a mapping, got {type(spec).__name__}")
+    overrides = dict(spec)
+    name = overrides.pop("preset", "paper")
+    if name not in MODEL_PRESETS:
+        raise ConfigError(f"unknown model preset {name!r}; choose from {', '.join(MODEL_PRESETS)}")
+    preset = MODEL_PRESETS[name]
+    return type(preset).from_dict({**preset.to_dict(), **overrides})
+
+
+def model_config_from_dict(data: Mapping[str, Any]) -> ModelSpec:
+    """The config a ``to_dict()`` wrote (checkpoints, bundles): its ``family`` says which (none: a MoodCRNN's)."""
+    family = data.get("family", "crnn") if isinstance(data, Mapping) else None
+    if family not in FAMILIES:
+        raise ConfigError(f"model config: unknown family {family!r}; choose from {', '.join(FAMILIES)}")
+    return FAMILIES[family][0].from_dict(data)
+
+
+def build_model(config: ModelSpec | Mapping[str, Any], n_tags: int) -> nn.Module:
+    """A fresh model of `config` (a config or its dict) for `n_tags` tags."""
+    if isinstance(config, Mapping):
+        config = model_config_from_dict(config)
+    family = "multires" if isinstance(config, MultiResConfig) else "crnn"
+    return FAMILIES[family][1](config, n_tags)
