@@ -26,6 +26,9 @@ def test_defaults_are_the_papers_settings():
     assert config.augment.mask_max_range == (20, 60) and config.augment.input_noise == 0.0
     assert (config.train.lr, config.train.max_epochs, config.train.patience) == (1e-4, 100, 5)
     assert config.model.preset == "paper" and config.model.use_hpcp
+    # The recipe knobs beyond the paper are off.
+    assert config.augment.mixup_alpha == 0.0 and config.train.loss == "bce"
+    assert config.train.swa_epoch_start is None and config.train.swa_lr is None
 
 
 def test_extends_merges_sections_and_overrides_apply_last(tmp_path):
@@ -58,6 +61,15 @@ def test_saved_config_loads_back_identically(tmp_path):
     ("augment: {mask_max_range: 20}\n", "augment.mask_max_range: expected a list of 2 values"),
     ("train: {channels_last: maybe}\n", "train.channels_last: expected true or false"),
     ("train: {precision: 8}\n", "train.precision"),
+    ("augment: {mixup_alpha: -0.2}\n", "augment.mixup_alpha: must be 0 or more"),
+    ("train: {loss: hinge}\n", "train.loss: 'hinge' is not one of bce, focal, weighted-bce"),
+    ("train: {focal_gamma: -1}\n", "train.focal_gamma: must be 0 or more"),
+    ("train: {pos_weight_max: 0.5}\n", "train.pos_weight_max: must be 1 or more"),
+    ("train: {swa_epoch_start: 0}\n", "train.swa_epoch_start: must be null, an epoch"),
+    ("train: {max_epochs: 5, swa_epoch_start: 6}\n", "train.swa_epoch_start: must be null, an epoch"),
+    ("train: {swa_epoch_start: 1.5}\n", "train.swa_epoch_start: must be null, an epoch"),
+    ("train: {swa_epoch_start: late}\n", "train.swa_epoch_start: 'late' has the wrong type"),
+    ("train: {swa_lr: 0}\n", "train.swa_lr: must be positive or null"),
     ("student: {positive_threshold: 0.1}\n", "student"),
     ("student: {teacher: t, negative_threshold: 0.5, positive_threshold: 0.1}\n", "student.negative_threshold"),
     ("train: [1, 2]\n", "train: expected a mapping"),
@@ -69,6 +81,14 @@ def test_invalid_configs_name_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message) as error:
         load_config(path)
     assert str(path) in str(error.value)
+
+
+def test_swa_epoch_start_keeps_epoch_or_fraction_through_a_saved_config(tmp_path):
+    for value, kind in (("3", int), ("0.75", float), ("1.0", float), ("1", int)):
+        config = load_config(write(tmp_path / "row.yaml", ""), overrides=[f"train.swa_epoch_start={value}"])
+        save_config(config, tmp_path / "saved.yaml")
+        start = load_config(tmp_path / "saved.yaml").train.swa_epoch_start
+        assert type(config.train.swa_epoch_start) is type(start) is kind and start == float(value)
 
 
 def test_bad_overrides_are_config_errors(tmp_path):

@@ -66,9 +66,10 @@ def test_augmentation_applies_in_training_steps_only():
         trained = module.training_step(batch, 0)
         torch.manual_seed(1)
         augment = config.augment
-        noisy = augment_batch(batch["mel"], batch["hpcp"], mask_max_range=augment.mask_max_range,
-                              input_noise=augment.input_noise, hpcp_frames_per_step=2.5)
-        expected, _ = masked_bce_with_logits(module.model(*noisy), batch["target"])
+        *noisy, targets = augment_batch(batch["mel"], batch["hpcp"], batch["target"],
+                                        mask_max_range=augment.mask_max_range, input_noise=augment.input_noise,
+                                        mixup_alpha=augment.mixup_alpha, hpcp_frames_per_step=2.5)
+        expected, _ = masked_bce_with_logits(module.model(*noisy), targets)
     torch.testing.assert_close(module._val_outputs[0][1], plain)
     assert float(trained) == pytest.approx(float(expected))
     assert float(trained) != pytest.approx(float(masked_bce_with_logits(plain, batch["target"])[0]))

@@ -60,10 +60,15 @@ class DataConfig:
 
 @dataclasses.dataclass
 class AugmentConfig:
-    """SpecAugment-style masking (section 2.1) and the student's input noise (section 2.5)."""
+    """SpecAugment-style masking (section 2.1) and the student's input noise (section 2.5).
+
+    mixup_alpha: beyond the paper (docs/training.md, "Recipe knobs"): 0 = off; above 0, each training batch is
+    blended with a permutation of itself (mel, HPCP and targets alike) by one λ ~ Beta(α, α) per batch, after the masks.
+    """
 
     mask_max_range: tuple[int, int] = (20, 60)
     input_noise: float = 0.0
+    mixup_alpha: float = 0.0
 
 
 @dataclasses.dataclass
@@ -97,7 +102,19 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Optimisation and hardware (section 2.2): Adam 1e-4, ≤100 epochs, early stopping on validation ROC-AUC."""
+    """Optimisation and hardware (section 2.2): Adam 1e-4, ≤100 epochs, early stopping on validation ROC-AUC.
+
+    Recipe knobs beyond the paper (docs/training.md, "Recipe knobs"); the defaults are the paper's method:
+    loss: bce (the paper's), focal (Lin et al. 2017: BCE scaled by (1 - p_t)^focal_gamma, so confidently right
+    entries weigh less) or weighted-bce (each tag's positive term weighted by its negatives / positives among the known
+    labelled training targets, at most pos_weight_max, so rare tags are not drowned by their negatives).
+    swa_epoch_start: null = no stochastic weight averaging; else Lightning's `swa_epoch_start`: an epoch (integer,
+    1-based) or a fraction of max_epochs (float) from which the weights entering each epoch are averaged (so 1
+    includes the initial weights, and the last epoch's update is left out). All max_epochs run (no early stopping:
+    `patience` is unused), and the averaged model, its batch-norm statistics recomputed on the training data,
+    becomes the run's best checkpoint (moodtag.training.swa).
+    swa_lr: the learning rate SWA anneals to (Lightning's default schedule, cosine over 10 epochs); null = lr.
+    """
 
     max_epochs: int = 100
     patience: int = 5
@@ -117,6 +134,11 @@ class TrainConfig:
     # Optional caps on batches per epoch (smoke tests, quick demos); null = the whole split.
     limit_train_batches: int | None = None
     limit_val_batches: int | None = None
+    loss: Literal["bce", "focal", "weighted-bce"] = "bce"
+    focal_gamma: float = 2.0
+    pos_weight_max: float = 10.0
+    swa_epoch_start: int | float | None = None
+    swa_lr: float | None = None
 
 
 @dataclasses.dataclass
@@ -199,11 +221,17 @@ class RunConfig:
             ("data.num_workers", self.data.num_workers >= 0, "must be 0 or more"),
             ("augment.mask_max_range", 0 <= low <= high, "expected [low, high] with 0 <= low <= high"),
             ("augment.input_noise", self.augment.input_noise >= 0, "must be 0 or more"),
+            ("augment.mixup_alpha", self.augment.mixup_alpha >= 0, "must be 0 or more"),
             ("train.max_epochs", self.train.max_epochs > 0, "must be positive"),
             ("train.patience", self.train.patience >= 0, "must be 0 or more"),
             ("train.lr", self.train.lr > 0, "must be positive"),
             ("train.num_nodes", self.train.num_nodes > 0, "must be positive"),
             ("train.num_threads", self.train.num_threads is None or self.train.num_threads > 0, "must be positive or null"),
+            ("train.focal_gamma", self.train.focal_gamma >= 0, "must be 0 or more"),
+            ("train.pos_weight_max", self.train.pos_weight_max >= 1, "must be 1 or more"),
+            ("train.swa_epoch_start", _valid_swa_start(self.train),
+             "must be null, an epoch in [1, max_epochs] or a fraction in [0, 1]"),
+            ("train.swa_lr", self.train.swa_lr is None or self.train.swa_lr > 0, "must be positive or null"),
         ]
         if self.student is not None:
             positive, negative = self.student.positive_threshold, self.student.negative_threshold
@@ -217,6 +245,14 @@ class RunConfig:
             checks.append(("student.pool_size", student.pool_size is None or student.pool_size > 0,
                            "must be positive or null"))
         return [(key, reason) for key, ok, reason in checks if not ok]
+
+
+def _valid_swa_start(train: TrainConfig) -> bool:
+    start = train.swa_epoch_start
+    if isinstance(start, float):
+        return 0 <= start <= 1
+    # An epoch past max_epochs would average nothing, and Lightning would then install the untrained initial weights.
+    return start is None or 1 <= start <= train.max_epochs
 
 
 def load_config(

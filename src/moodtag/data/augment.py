@@ -1,11 +1,17 @@
-"""Training-time noise: SpecAugment-style masks (section 2.1) and the noisy student's Gaussian input noise (2.5).
+"""Training-time noise: SpecAugment-style masks (section 2.1), mixup (beyond the paper) and the noisy student's
+Gaussian input noise (2.5).
 
 Per batch, one maximum mask length F is drawn uniformly from `mask_max_range` (inclusive; paper: [20, 60], noisy
 student [30, 90]). Per example, one time mask and one frequency mask are drawn, each of width uniform in [0, F]
 (capped at the axis length) at a uniform start, and set to 0 — silence in the log1p-compressed mel. The time mask
 covers the same stretch of audio in the HPCP: mel steps [t, t + w) become HPCP frames
 [round(t · r), round((t + w) · r)) with r = HPCP frames per mel step (2.5). HPCP has no frequency mask: its 12 bins
-are pitch classes, not a spectrum. Applied in training only (the LightningModule calls it in training_step).
+are pitch classes, not a spectrum.
+
+Mixup (Zhang et al. 2018; `augment.mixup_alpha` > 0), after the masks: one λ ~ Beta(α, α) and one permutation per
+batch; each example becomes λ · itself + (1 − λ) · its partner in the permutation, in the mel, the HPCP and the
+targets alike. A target unknown (NaN) in either example stays unknown. The input noise comes last, so its weight is
+the configured one. Applied in training only (the LightningModule calls augment_batch in training_step).
 """
 from __future__ import annotations
 
@@ -64,6 +70,35 @@ def apply_masks(
     return mel, hpcp
 
 
+@dataclasses.dataclass
+class Mixup:
+    """The mixup drawn for one batch: the weight λ of each example and the partner (B,) it is blended with."""
+
+    lam: float
+    partner: torch.Tensor
+
+
+def sample_mixup(batch_size: int, alpha: float) -> Mixup:
+    """λ ~ Beta(alpha, alpha) and a random permutation, from torch's global random stream (seeded runs repeat)."""
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    return Mixup(lam, torch.randperm(batch_size))
+
+
+def apply_mixup(
+    mel: torch.Tensor, hpcp: torch.Tensor | None, targets: torch.Tensor, mixup: Mixup
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """λ · x + (1 − λ) · x[partner] for mel (B, n_mels, T), hpcp (B, 12, T') and targets (B, n_tags); new tensors.
+
+    NaN (unknown) targets propagate through the sum, so an entry unknown in either example stays unknown.
+    """
+    partner = mixup.partner.to(mel.device)
+
+    def mix(x: torch.Tensor) -> torch.Tensor:
+        return mixup.lam * x + (1 - mixup.lam) * x[partner]
+
+    return mix(mel), None if hpcp is None else mix(hpcp), mix(targets)
+
+
 def add_input_noise(x: torch.Tensor, weight: float) -> torch.Tensor:
     """x + weight · N(0, 1) (the student's input noise, weight 0.01 in the paper)."""
     if weight == 0:
@@ -74,15 +109,19 @@ def add_input_noise(x: torch.Tensor, weight: float) -> torch.Tensor:
 def augment_batch(
     mel: torch.Tensor,
     hpcp: torch.Tensor | None,
+    targets: torch.Tensor,
     *,
     mask_max_range: tuple[int, int],
     input_noise: float,
+    mixup_alpha: float,
     hpcp_frames_per_step: float,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Masks, then input noise, on one training batch."""
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Masks, mixup (when mixup_alpha > 0), then input noise, on one training batch: (mel, hpcp, targets)."""
     masks = sample_masks(mel.shape[0], mel.shape[-1], mel.shape[-2], mask_max_range)
     mel, hpcp = apply_masks(mel, hpcp, masks, hpcp_frames_per_step)
+    if mixup_alpha > 0:
+        mel, hpcp, targets = apply_mixup(mel, hpcp, targets, sample_mixup(mel.shape[0], mixup_alpha))
     mel = add_input_noise(mel, input_noise)
     if hpcp is not None:
         hpcp = add_input_noise(hpcp, input_noise)
-    return mel, hpcp
+    return mel, hpcp, targets

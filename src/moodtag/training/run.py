@@ -37,8 +37,9 @@ from ..store import FeatureStore
 from ..predictions import file_probabilities
 from ..rundir import read_run_info, split_path  # noqa: F401  (read_run_info, split_path: part of this module's API)
 from .aggregate import track_logits
-from .module import METRIC_COLUMNS, TaggingModule
+from .module import METRIC_COLUMNS, TaggingModule, positive_weights
 from .precision import resolve_precision
+from .swa import save_averaged_model, swa_callback
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def train(
         params = datamodule.store.params
         module = TaggingModule(
             config.to_dict(), datamodule.tags, config.model.build_config(params).to_dict(), params.to_dict(),
-            params.hpcp_frames_per_mel_step,
+            params.hpcp_frames_per_mel_step, pos_weight=_pos_weight(config, datamodule),
         )
         if ckpt_path is None and config.student is not None and config.student.init == "teacher":
             _start_from_teacher(module, config, datamodule)
@@ -105,14 +106,26 @@ def train(
         # Lightning draws its progress bars on stdout, which belongs to results (a command's output, the demo's table).
         with contextlib.redirect_stdout(sys.stderr), torch_threads(config.train.num_threads):
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            averaged = None
+            if config.train.swa_epoch_start is not None:
+                averaged = save_averaged_model(trainer, module, datamodule, run_dir)
             numerics = numerics_record(precision)
     except BaseException as err:
         if global_rank() == 0:
             rundir.update_run_info(run_dir, status="failed", error=f"{type(err).__name__}: {err}")
         raise
     if trainer.is_global_zero:
-        _finish_run_info(run_dir, trainer, module, datamodule, time.time() - started, numerics)
+        _finish_run_info(run_dir, trainer, module, datamodule, time.time() - started, numerics, averaged)
     return run_dir
+
+
+def _pos_weight(config: RunConfig, datamodule: MoodDataModule) -> list[float] | None:
+    """`train.loss: weighted-bce`'s per-tag weights, from the known targets of the labelled training tracks."""
+    if config.train.loss != "weighted-bce":
+        return None
+    datamodule.setup("fit")
+    labelled = datamodule.train_tracks.targets[: datamodule.n_labelled]
+    return positive_weights(labelled, max_weight=config.train.pos_weight_max).tolist()
 
 
 def _existing_pseudo_labels(config: RunConfig) -> Path | None:
@@ -174,7 +187,10 @@ def _trainer(
     # Its own callback: ModelCheckpoint(save_last=True) only refreshes last.ckpt in epochs that improved the best.
     last = ModelCheckpoint(dirpath=rundir.checkpoints_dir(run_dir), filename="last", save_top_k=1,
                            enable_version_counter=False)
-    early_stopping = EarlyStopping(monitor="val_roc_auc", mode="max", patience=train.patience)
+    if train.swa_epoch_start is None:
+        schedule = EarlyStopping(monitor="val_roc_auc", mode="max", patience=train.patience)
+    else:
+        schedule = swa_callback(train)  # runs every epoch: the average is only installed after the last (training.swa)
     for name in ("lightning.pytorch", "lightning.fabric"):
         lightning_log = logging.getLogger(name)
         if quiet:
@@ -191,7 +207,7 @@ def _trainer(
     return L.Trainer(
         default_root_dir=run_dir, max_epochs=train.max_epochs, accelerator=train.accelerator, devices=train.devices,
         num_nodes=train.num_nodes, strategy=train.strategy, precision=precision, deterministic=train.deterministic,
-        callbacks=[MetricsCsv(rundir.metrics_path(run_dir)), early_stopping, best, last, *callbacks], logger=False,
+        callbacks=[MetricsCsv(rundir.metrics_path(run_dir)), schedule, best, last, *callbacks], logger=False,
         enable_progress_bar=not quiet, enable_model_summary=not quiet, num_sanity_val_steps=0,
         limit_train_batches=train.limit_train_batches, limit_val_batches=train.limit_val_batches,
         # Students that alternate labelled and pool epochs get a new training loader each epoch (MoodDataModule).
@@ -219,14 +235,21 @@ def write_metrics_csv(path: Path, history: list[dict]) -> None:
 
 
 def _finish_run_info(run_dir: Path, trainer, module: TaggingModule, datamodule: MoodDataModule, seconds: float,
-                     numerics: dict):
+                     numerics: dict, averaged: dict | None):
+    """averaged: the validation scores of the SWA model, which best.ckpt then holds (best_epoch null)."""
     history = module.history
     scores = [row["val_roc_auc"] for row in history]
-    best = history[int(np.nanargmax(scores))] if history and not all(math.isnan(s) for s in scores) else None
-    early_stopping = next(c for c in trainer.callbacks if isinstance(c, EarlyStopping))
+    if averaged is not None:
+        best = {"epoch": None, **averaged}
+    elif history and not all(math.isnan(s) for s in scores):
+        best = history[int(np.nanargmax(scores))]
+    else:
+        best = None
+    early_stopping = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
     rundir.update_run_info(
         run_dir, status="completed", finished=_now(), train_seconds=round(seconds, 1), epochs=len(history),
-        stopped_early=bool(early_stopping.stopped_epoch), best_epoch=None if best is None else best["epoch"],
+        stopped_early=bool(early_stopping and early_stopping.stopped_epoch),
+        best_epoch=None if best is None else best["epoch"],
         best={k: best[k] for k in ("val_roc_auc", "val_pr_auc", "val_loss")} if best else None,
         n_train=len(datamodule.train_tracks), n_validation=len(datamodule.val_tracks),
         empty_batches=int(sum(row["empty_batches"] for row in history)),
