@@ -1,10 +1,14 @@
 """Tagging speed on CPU: seconds per 3-minute track and tracks per minute, split into decode / features / model.
 
-    python benchmarks/tagging.py [--audio FILE] [--threads 1] [--repeat 3]
+    python benchmarks/tagging.py [--audio FILE] [--threads 1] [--repeat 3] [--scale paper|demo]
 
-The model is the full-size "paper" preset with HPCP (random weights: speed does not depend on them), run as moodtag
+The models are the "paper" preset with HPCP (random weights: speed does not depend on them), run as moodtag
 tags: short mode = every 80-step chunk of the track in batches, long mode = the first 1600 steps, the ensemble =
-both. Each model is timed with PyTorch and with onnxruntime (the bundle's model.onnx). Audio: a 3-minute OGG cut
+both; and the multi-resolution model beyond the paper ("multires" preset) over the same long input, cut after its
+last chunk as the tagger cuts it. `--scale demo` times the demo's models instead (the "demo" CRNN, its long rows'
+256-step crop, "multires-demo"). Each model is timed with PyTorch and with onnxruntime (the bundle's model.onnx); the
+last line is the multi-resolution model's cost over the ensemble's (the model stage: decoding and features are the
+same for both). Audio: a 3-minute OGG cut
 from --audio (default: the first track in ../music, else a synthetic signal), decoded with moodtag.audio.load_audio.
 Times are the minimum of --repeat runs; ratios are against decoding measured in the same run. The goal is a model
 that costs less than decoding, so tagging runs near decode speed.
@@ -23,10 +27,12 @@ from moodtag.audio import SAMPLE_RATE, load_audio, write_audio
 from moodtag.features import FeatureParams
 from moodtag.features.hpcp import hpcpgram
 from moodtag.features.mel import log_mel_spectrogram
-from moodtag.models import MODEL_PRESETS, MoodCRNN
+from moodtag.models import MODEL_PRESETS, MoodCRNN, build_model
 from moodtag.onnx_export import export_features_model
 
 TRACK_SECONDS = 180.0
+# (CRNN preset, the long rows' input steps, multi-resolution preset)
+SCALES = {"paper": ("paper", 1600, "multires"), "demo": ("demo", 256, "multires-demo")}
 MUSIC = Path(__file__).resolve().parents[1].parent / "music"
 
 
@@ -68,6 +74,7 @@ def main() -> None:
     parser.add_argument("--audio", type=Path, help="audio file to cut the 3-minute track from")
     parser.add_argument("--threads", type=int, default=1, help="torch / onnxruntime threads (default: 1)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--scale", choices=SCALES, default="paper", help="which presets to time (default: paper)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     params = FeatureParams()
@@ -77,18 +84,34 @@ def main() -> None:
         decode, audio = best_of(args.repeat, load_audio, track)
         mel_time, mel = best_of(args.repeat, lambda: log_mel_spectrogram(audio, params=params))
         hpcp_time, hpcp = best_of(args.repeat, lambda: hpcpgram(audio, params=params))
-        torch.manual_seed(0)
-        model = MoodCRNN(MODEL_PRESETS["paper"], 56).eval()
-        onnx_path = Path(folder) / "model.onnx"
-        export_features_model(model, params, onnx_path)
-        session = _onnx_session(onnx_path, args.threads)
-        inputs = {"short": chunks(mel, hpcp, 80, params), "long": chunks(mel, hpcp, 1600, params)}
+        crnn, long_steps, multires = SCALES[args.scale]
         rows = []
-        for mode, (mels, hpcps) in inputs.items():
+        for name, model, inputs in _members(crnn, long_steps, multires, mel, hpcp, params):
+            onnx_path = Path(folder) / f"{name}.onnx"
+            export_features_model(model, params, onnx_path)
+            session = _onnx_session(onnx_path, args.threads)
+            mels, hpcps = inputs
             torch_time = best_of(args.repeat, _torch_forward, model, mels, hpcps)[0]
             onnx_time = best_of(args.repeat, lambda: session.run(["logits"], {"mel": mels, "hpcp": hpcps}))[0]
-            rows.append((mode, len(mels), torch_time, onnx_time))
-        rows.append(("ensemble", rows[0][1] + rows[1][1], rows[0][2] + rows[1][2], rows[0][3] + rows[1][3]))
+            rows.append((name, len(mels), torch_time, onnx_time))
+        rows.insert(2, ("ensemble", rows[0][1] + rows[1][1], rows[0][2] + rows[1][2], rows[0][3] + rows[1][3]))
+    report(source, args.threads, decode, mel_time, hpcp_time, rows, args.scale)
+    ensemble, multi = rows[2], rows[3]
+    print(f"\n{multi[0]} / ensemble, model stage: torch {multi[2] / ensemble[2]:.2f}x, onnx {multi[3] / ensemble[3]:.2f}x")
+
+
+def _members(crnn: str, long_steps: int, multires: str, mel, hpcp, params):
+    """(name, model, (mels, hpcps)) of the short and long CRNN and the multi-resolution model, as the tagger feeds
+    them one 3-minute track."""
+    torch.manual_seed(0)
+    model = MoodCRNN(MODEL_PRESETS[crnn], 56).eval()
+    yield "short", model, chunks(mel, hpcp, 80, params)
+    yield "long", model, chunks(mel, hpcp, long_steps, params)
+    multi = build_model(MODEL_PRESETS[multires], 56).eval()
+    cut = min(1600, -(-mel.shape[1] // 80) * 80)  # moodtag.tagging: cut after the last chunk, at most 1600 steps
+    yield multires, multi, tuple(x[:1] for x in chunks(mel, hpcp, cut, params))
+
+
     report(source, args.threads, decode, mel_time, hpcp_time, rows)
 
 
@@ -106,9 +129,9 @@ def _onnx_session(path: Path, threads: int):
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def report(source, threads: int, decode: float, mel: float, hpcp: float, rows) -> None:
+def report(source, threads: int, decode: float, mel: float, hpcp: float, rows, scale: str) -> None:
     features = mel + hpcp
-    print(f"3-minute track from {source or 'a synthetic chord'}; paper-size model (HPCP), {threads} thread(s); "
+    print(f"3-minute track from {source or 'a synthetic chord'}; {scale}-scale models (HPCP), {threads} thread(s); "
           f"torch {torch.__version__}")
     print(f"{'stage':<28}{'s / 3-min track':>16}{'x decode':>10}")
     for name, seconds in (("decode (load_audio)", decode), ("features: mel", mel), ("features: HPCP", hpcp),

@@ -56,6 +56,12 @@ class Member:
     def use_hpcp(self) -> bool:
         return bool(self.model_config.get("use_hpcp", True))
 
+    @property
+    def ignores_padding(self) -> bool:
+        """The model's output does not depend on trailing zero padding (MultiResCRNN), so a long-mode track can be
+        cut after its last chunk instead of padded to `steps`."""
+        return self.model_config.get("family") == "multires"
+
 
 @dataclasses.dataclass
 class Bundle:

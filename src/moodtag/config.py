@@ -42,6 +42,11 @@ class DataConfig:
     mode: Literal["long", "short"] = "long"
     # Long mode: the first 1600 pooled mel steps (≈185.8 s) and the matching 4000 HPCP frames.
     long_steps: int = 1600
+    # Long mode, beyond the paper: cut each batch after its last step with audio (rounded up to chunk_steps) instead
+    # of padding every crop to long_steps, and train on batches of tracks of similar length. Only for a model whose
+    # output does not depend on trailing zero padding (the multires presets), so results stay what padding gives,
+    # while short tracks cost what they hold.
+    trim_padding: bool = False
     # Short mode: 80-step chunks (≈9.29 s) with 200 HPCP frames.
     chunk_steps: int = 80
     short_sampling: Literal["random", "all"] = "random"
@@ -114,6 +119,9 @@ class TrainConfig:
     `patience` is unused), and the averaged model, its batch-norm statistics recomputed on the training data,
     becomes the run's best checkpoint (moodtag.training.swa).
     swa_lr: the learning rate SWA anneals to (Lightning's default schedule, cosine over 10 epochs); null = lr.
+    init_from: null = fresh weights; else the name of a row whose run (a sibling of this run's directory) gives the
+    starting weights, its best checkpoint: a model of the same layout takes them all, a multi-resolution model takes
+    a CRNN's as its short view (the rest start fresh; moodtag.models.initialise_from). Beyond the paper.
     """
 
     max_epochs: int = 100
@@ -139,6 +147,7 @@ class TrainConfig:
     pos_weight_max: float = 10.0
     swa_epoch_start: int | float | None = None
     swa_lr: float | None = None
+    init_from: str | None = None
 
 
 @dataclasses.dataclass
@@ -209,6 +218,9 @@ class RunConfig:
             raise ConfigError(f"{source}: {key}: {problem}")
         return config
 
+    def _ignores_padding(self) -> bool:
+        return _ignores_padding_of(self.model)
+
     def problems(self) -> list[tuple[str, str]]:
         """(dotted key, reason) for each value outside its valid range."""
         low, high = self.augment.mask_max_range
@@ -219,6 +231,8 @@ class RunConfig:
             ("data.eval_batch_size", self.data.eval_batch_size > 0, "must be positive"),
             ("data.eval_max_chunks", self.data.eval_max_chunks > 0, "must be positive"),
             ("data.num_workers", self.data.num_workers >= 0, "must be 0 or more"),
+            ("data.trim_padding", not self.data.trim_padding or (self.data.mode == "long" and self._ignores_padding()),
+             "needs long mode and a model that ignores zero padding (a multires preset)"),
             ("augment.mask_max_range", 0 <= low <= high, "expected [low, high] with 0 <= low <= high"),
             ("augment.input_noise", self.augment.input_noise >= 0, "must be 0 or more"),
             ("augment.mixup_alpha", self.augment.mixup_alpha >= 0, "must be 0 or more"),
@@ -233,6 +247,8 @@ class RunConfig:
              "must be null, an epoch in [1, max_epochs] or a fraction in [0, 1]"),
             ("train.swa_lr", self.train.swa_lr is None or self.train.swa_lr > 0, "must be positive or null"),
         ]
+        checks.append(("train.init_from", self.train.init_from is None or self.student is None,
+                       "a student starts from its teacher through student.init, not train.init_from"))
         if self.student is not None:
             positive, negative = self.student.positive_threshold, self.student.negative_threshold
             checks.append(("student.negative_threshold", 0 <= negative <= positive <= 1, "need 0 <= negative <= positive <= 1"))
@@ -253,6 +269,12 @@ def _valid_swa_start(train: TrainConfig) -> bool:
         return 0 <= start <= 1
     # An epoch past max_epochs would average nothing, and Lightning would then install the untrained initial weights.
     return start is None or 1 <= start <= train.max_epochs
+
+
+def _ignores_padding_of(model: ModelConfig) -> bool:
+    from .models import MultiResConfig
+
+    return isinstance(model.build_config(), MultiResConfig)
 
 
 def load_config(

@@ -1,7 +1,8 @@
 """`moodtag reproduce`: every Table 1 row of a config folder, in dependency order, evaluated as the paper did.
 
 A config folder (configs/demo, configs/paper) holds one YAML file per row; files starting with `_` are bases that
-rows `extend`. Rows with a `student` section are noisy students of the row their `student.teacher` names. The run of
+rows `extend`. Rows with a `student` section are noisy students of the row their `student.teacher` names; a row
+with `train.init_from` starts from that row's weights, so it runs after it. The run of
 each row lives at `<out>/runs/<row>`; the steps are
 
     teachers (train, predict validation + test)
@@ -103,7 +104,9 @@ def plan_rows(
         if config.name in rows:
             raise ConfigError(f"{path}: a second row named {config.name!r}")
         teacher = (config.student.teacher,) if config.student is not None else ()
-        rows[config.name] = Row(config.name, "student" if teacher else "teacher", Path(config.run_dir), config, teacher)
+        start = (config.train.init_from,) if config.train.init_from is not None else ()
+        rows[config.name] = Row(config.name, "student" if teacher else "teacher", Path(config.run_dir), config,
+                                teacher + start)
     if not rows:
         raise ConfigError(f"{config_dir}: no row configs (*.yaml)")
     if ensemble is not None and ensemble.name not in rows:

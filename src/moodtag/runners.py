@@ -17,6 +17,7 @@ class MemberRunner:
         """member: a `moodtag.bundle.Member`; forward(mel, hpcp) -> logits."""
         self.member = member
         self.name, self.mode, self.steps, self.use_hpcp = member.name, member.mode, member.steps, member.use_hpcp
+        self.ignores_padding = member.ignores_padding
         self._forward = forward
 
     def __call__(self, mel, hpcp=None):

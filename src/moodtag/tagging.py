@@ -8,9 +8,10 @@ How a track becomes model input follows training exactly (moodtag.data.datasets)
 
 - short mode: consecutive non-overlapping chunks of 80 mel steps (≈9.29 s) with the HPCP frames that start at the
   same time; the tail shorter than a chunk is left out and the chunk logits are averaged (the paper's evaluation).
-- long mode: the first 1600 mel steps (≈185.8 s), zero-padded when shorter. A longer track is judged by its first
-  window only, like the paper and like the validation predictions the thresholds were tuned on; the rest of the
-  track does not change the track-level result (use --timeline to see it).
+- long mode: the first 1600 mel steps (≈185.8 s), zero-padded when shorter (a model that ignores the padding, the
+  multi-resolution model, gets the track cut after its last chunk instead: the same logits for less work). A longer
+  track is judged by its first window only, like the paper and like the validation predictions the thresholds were
+  tuned on; the rest of the track does not change the track-level result (use --timeline to see it).
 - a clip shorter than one chunk is zero-padded to one chunk and flagged `padded`.
 - ensembles combine member probabilities `alpha * short + (1 - alpha) * long` (moodtag.ensemble.combine).
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -230,7 +232,10 @@ class Tagger:
             batch = self._inputs(runner, mel, hpcp, chunk_windows(mel.shape[1], runner.steps))
             track = chunk_mean_logits(runner, batch["mel"], batch.get("hpcp"), None, 1, MAX_CHUNKS_PER_BATCH)
         else:
-            batch = self._inputs(runner, mel, hpcp, [(0, runner.steps)])
+            steps = runner.steps
+            if runner.ignores_padding:  # the same logits, without computing the padding (data.trim_padding)
+                steps = min(steps, math.ceil(mel.shape[1] / self.bundle.chunk_steps) * self.bundle.chunk_steps)
+            batch = self._inputs(runner, mel, hpcp, [(0, steps)])
             track = runner(batch["mel"], batch.get("hpcp"))
         track = track[0].numpy()
         if not windows:

@@ -1,6 +1,7 @@
 """The DataModule that feeds training: labelled train (+ pseudo-labelled pool for students) and validation."""
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -23,7 +24,9 @@ from .datasets import (
     TrackChunksDataset,
     TrackSet,
     collate_chunks,
+    collate_trimmed,
     labelled_tracks,
+    mel_steps,
     pool_exclusion,
     pseudo_labelled_tracks,
     split_track_ids,
@@ -50,20 +53,32 @@ def evaluation_loader(
     tracks: TrackSet, data: DataConfig, *, use_hpcp: bool, hpcp_frames_per_step: float, batch_size: int | None = None,
     num_workers: int | None = None, persistent_workers: bool = False,
 ) -> DataLoader:
-    """Tracks in order, batched for evaluation: long crops, or every chunk of each track in short mode.
+    """Tracks batched for evaluation: long crops, or every chunk of each track in short mode. Batches come in track
+    order, except with `data.trim_padding`, where tracks of similar length share a batch (sorted by length); each
+    batch's `index` says whose rows it holds.
 
     persistent_workers: keep worker processes between passes (validation every epoch), not for one-off prediction.
     """
     common = dict(use_hpcp=use_hpcp, hpcp_frames_per_step=hpcp_frames_per_step)
+    workers = data.num_workers if num_workers is None else num_workers
+    batch_size = batch_size or data.eval_batch_size
+    loading = dict(num_workers=workers, persistent_workers=persistent_workers and workers > 0)
     if data.mode == "long":
-        dataset, collate = LongDataset(tracks, long_steps=data.long_steps, **common), None
+        dataset, collate = LongDataset(tracks, long_steps=data.long_steps, **common), long_collate(data, hpcp_frames_per_step)
+        if data.trim_padding:
+            lengths = torch.tensor([mel_steps(store, track_id) for store, track_id in zip(tracks.stores, tracks.track_ids)])
+            batches = [batch.tolist() for batch in torch.argsort(lengths, stable=True).split(batch_size)]
+            return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, **loading)
     else:
         dataset, collate = TrackChunksDataset(tracks, chunk_steps=data.chunk_steps, **common), collate_chunks
-    workers = data.num_workers if num_workers is None else num_workers
-    return DataLoader(
-        dataset, batch_size=batch_size or data.eval_batch_size, shuffle=False, collate_fn=collate,
-        num_workers=workers, persistent_workers=persistent_workers and workers > 0,
-    )
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, **loading)
+
+
+def long_collate(data: DataConfig, hpcp_frames_per_step: float):
+    """How long-mode batches are put together: padded to long_steps (None: the default), or trimmed."""
+    if not data.trim_padding:
+        return None
+    return functools.partial(collate_trimmed, chunk_steps=data.chunk_steps, hpcp_frames_per_step=hpcp_frames_per_step)
 
 
 class MoodDataModule(L.LightningDataModule):
@@ -139,7 +154,13 @@ class MoodDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         data = self.config.data
         batching = self.config.student.batching if self.pseudo_labels is not None else "mixed"
-        common = dict(num_workers=data.num_workers, persistent_workers=data.num_workers > 0)
+        common = dict(num_workers=data.num_workers, persistent_workers=data.num_workers > 0,
+                      collate_fn=long_collate(data, self.hpcp_frames_per_step) if data.mode == "long" else None)
+        if batching == "mixed" and data.mode == "long" and data.trim_padding:
+            lengths = [min(mel_steps(store, track_id), data.long_steps)
+                       for store, track_id in zip(self.train_tracks.stores, self.train_tracks.track_ids)]
+            sampler = LengthGroupedBatchSampler(lengths, batch_size=data.batch_size)
+            return DataLoader(self._training_dataset(self.train_tracks), batch_sampler=sampler, **common)
         if batching == "mixed":
             return DataLoader(self._training_dataset(self.train_tracks), batch_size=data.batch_size, shuffle=True,
                               **common)
@@ -188,6 +209,31 @@ class StreamBatchSampler(Sampler[list[int]]):
         pool = _shuffled_passes(range(self.n_labelled, self.n_labelled + self.n_pool), generator)
         for _ in range(len(self)):
             yield [next(labelled) for _ in range(self.batch_size)] + [next(pool) for _ in range(self.pool_batch)]
+
+
+class LengthGroupedBatchSampler(Sampler[list[int]]):
+    """Shuffled batches of tracks of similar length (`data.trim_padding`): each epoch a random order is cut into
+    groups of GROUP_BATCHES batches, each group sorted by length and cut into batches, and the batches shuffled.
+    A trimmed batch then pads little, and every track is seen once an epoch. Seeded from torch's global random
+    state, as a shuffling DataLoader is."""
+
+    GROUP_BATCHES = 8
+
+    def __init__(self, lengths: list[int], *, batch_size: int):
+        super().__init__()
+        self.lengths, self.batch_size = torch.tensor(lengths), batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
+        order = torch.randperm(len(self.lengths), generator=generator)
+        batches = []
+        for group in order.split(self.batch_size * self.GROUP_BATCHES):
+            ranked = group[torch.argsort(self.lengths[group], stable=True)]
+            batches += [batch.tolist() for batch in ranked.split(self.batch_size)]
+        yield from (batches[i] for i in torch.randperm(len(batches), generator=generator).tolist())
 
 
 def _shuffled_passes(positions: range, generator: torch.Generator):

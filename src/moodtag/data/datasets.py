@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import zipfile
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from ..config import DataConfig, RunConfig
 from ..errors import DataError
@@ -238,6 +239,20 @@ class TrackChunksDataset(_TrackDataset):
         mels = np.stack([m for m, _ in pieces])
         hpcps = np.stack([h for _, h in pieces]) if self.use_hpcp else None
         return self._item(index, mels, hpcps)
+
+
+def collate_trimmed(items: list[dict], *, chunk_steps: int, hpcp_frames_per_step: float) -> dict:
+    """Batch LongDataset items cut after the batch's last mel step with audio (any bin non-zero), rounded up to a
+    whole number of chunk_steps (`data.trim_padding`); the HPCP is cut at the same time."""
+    batch = default_collate(items)
+    mel = batch["mel"]
+    audio = torch.nonzero((mel != 0).any(dim=1).any(dim=0))
+    last = int(audio[-1]) + 1 if len(audio) else 1
+    steps = min(mel.shape[-1], math.ceil(last / chunk_steps) * chunk_steps)
+    batch["mel"] = mel[..., :steps].contiguous()
+    if "hpcp" in batch:
+        batch["hpcp"] = batch["hpcp"][..., : round(steps * hpcp_frames_per_step)].contiguous()
+    return batch
 
 
 def collate_chunks(items: list[dict]) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .blocks import GeM, ResidualConvBlock, StochasticConvBlock
 from .crnn import CRNNBranch, CRNNConfig, MoodCRNN, inherit_weights
 from .multires import MultiResConfig, MultiResCRNN
-from .presets import MODEL_PRESETS, build_model, model_config_from_dict, resolve_model_config
+from .presets import MODEL_PRESETS, build_model, initialise_from, model_config_from_dict, resolve_model_config
 
 __all__ = [
     "MODEL_PRESETS",
@@ -19,6 +19,7 @@ __all__ = [
     "StochasticConvBlock",
     "build_model",
     "inherit_weights",
+    "initialise_from",
     "model_config_from_dict",
     "resolve_model_config",
 ]

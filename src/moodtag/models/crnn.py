@@ -158,8 +158,15 @@ class CRNNBranch(nn.Module):
         self.gru_pool = config.gru_pool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.summarise(self.sequence(x))
+
+    def sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """The conv blocks' output as a sequence (batch, time', channels * bins')."""
         x = self.convs(x.unsqueeze(1))                      # (batch, channels, bins', time')
-        x = x.permute(0, 3, 1, 2).flatten(2)                # (batch, time', channels * bins')
+        return x.permute(0, 3, 1, 2).flatten(2)
+
+    def summarise(self, x: torch.Tensor) -> torch.Tensor:
+        """A `sequence` -> the embedding (batch, embed_dim), through the GRU."""
         outputs, h_n = run_gru(self.gru, x)
         if self.gru_pool == "last":
             summary = torch.cat([h_n[-2], h_n[-1]], dim=-1)  # top layer's final forward and backward states

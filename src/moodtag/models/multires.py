@@ -4,23 +4,27 @@ The paper's best system mixes two separately trained CRNNs, one over ~185 s and 
 hand-searched alpha, and its section 4 proposes views of several temporal resolutions in one network instead.
 ``MultiResCRNN`` reads the long input once and gives three views of it, fused by learnt weights:
 
-    mel (B, 128, T) steps of 116 ms        hpcp (B, 12, 2.5 T) frames of 46 ms
-        |                                      |
-        +-- fine front end: 1-D convs over time, no pooling, at the HPCP frame rate (46 ms, finer than the
-        |   mel's x10 pooling; mel steps repeated to it) -> logits per frame, attention-pooled   -> fine view
-        |
-    residual conv blocks + GeM (as MoodCRNN)   residual conv blocks + GeM, pooled to the same step rate
-        +-------------------- concatenated per step, projected: one coarse sequence (B, T / 8, d) -----+
-        |                                                                                               |
-    BiGRU over the whole sequence, mean over time -> long view        BiGRU over each chunk_steps window
-                                                                      (~9.3 s), logits per chunk, averaged
-                                                                      -> short view (as the short model)
+    mel (B, 128, T) steps of 116 ms              hpcp (B, 12, 2.5 T) frames of 46 ms
+      |  cut into consecutive windows of chunk_steps mel steps (~9.3 s) and the HPCP frames they cover
+      v
+    short CRNN (a MoodCRNN): per window, its conv blocks -> its GRUs -> its head: logits per window,
+      |   averaged over the windows with audio                                          -> short view
+      |   (the conv blocks' sequences, joined end to end over the whole input)
+      +-> one forward and one backward GRU per branch over the whole input, mean over time -> long view
+    fine front end (own 1-D convs at the HPCP frame rate, 46 ms, no pooling: finer than the mel's x10;
+      mel steps repeated to it) -> logits per frame, attention-pooled over time            -> fine view
+
     fused = sum over views of softmax(w)[view, tag] * logits[view]   (w learnt, one weight per view and tag)
 
-Training puts the loss on the fused logits plus ``aux_weight`` times the mean loss of the views (each view has to
-work alone, so fusion cannot lean on one). Zero-padded steps (every mel bin exactly 0: the padding of a short
-track's long crop, or digital silence) are left out of every pooling; an input with no audio at all counts every
-step. ``forward`` returns the fused logits, so the model trains, predicts and exports wherever a MoodCRNN does.
+So the short view is the paper's short model, evaluated as the paper evaluates it (mean chunk logits), and the long
+view reads the same conv features over the whole input; the conv blocks run once. Training puts the loss on the
+fused logits plus ``aux_weight`` times the mean loss of the views, the short view judged on every window as the short
+model's chunks are (moodtag.training.module), so each view has to tag on its own.
+
+Zero-padded steps (every mel bin exactly 0: the padding of a long crop, or digital silence) are left out of every
+pooling, the backward GRU reads each track from its last step with audio, and the fine view zeroes frames without
+audio after every layer: the output does not depend on trailing padding, so batches can be cut after their longest
+track (``data.trim_padding``) and the tagger cuts a track after its last chunk, for the same logits.
 """
 from __future__ import annotations
 
@@ -35,21 +39,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, ModelError
-from .blocks import Pool
-from .crnn import _pool, _positive_int, conv_stack, run_gru
+from .blocks import Pool, ResidualConvBlock
+from .crnn import CRNNConfig, MoodCRNN, _positive_int, run_gru
 
 VIEWS = ("long", "short", "fine")
+# HPCP frames per mel step of the feature contract (FeatureParams.hpcp_frames_per_mel_step: 2048-sample HPCP hops,
+# 512 x 10 per mel step); a window of chunk_steps mel steps covers chunk_steps * 5 / 2 HPCP frames.
+HPCP_FRAMES_PER_STEP = 2.5
 
 
 @dataclass(frozen=True)
 class MultiResConfig:
     """Dimensions of ``MultiResCRNN``; the defaults are the paper-scale model (the ``"multires"`` preset).
 
-    The conv trunks are MoodCRNN's (``mel_*``, ``hpcp_*``, GeM, ``hpcp_circular``) except that both must pool time
-    to the same step rate: the mel pooling's time kernels multiply to P, the HPCP's to 2.5 P (HPCP frames per mel
-    step), e.g. 8 and 20. ``seq_dim``: width of the coarse sequence both views read. ``gru_hidden``: the long view's
-    BiGRU; ``short_hidden``: the short view's, run over windows of ``chunk_steps`` mel steps (80 = the paper's
-    chunk; a multiple of P). ``fine_dim`` / ``fine_layers``: the fine view's channels and residual temporal convs
+    The short view is a MoodCRNN with the paper model's fields (``mel_*``, ``hpcp_*``, ``short_hidden`` as its
+    ``gru_hidden``, ``embed_dim``, ``fusion_hidden``, GeM, ``hpcp_circular``), run on windows of ``chunk_steps`` mel
+    steps (80 = the paper's chunk; even, so a window covers whole HPCP frames). ``gru_hidden`` / ``head_hidden``: the
+    long view's GRUs and head. ``fine_dim`` / ``fine_layers``: the fine view's channels and residual temporal convs
     (dilations 1, 2, 4, ...). ``aux_weight``: weight of the views' own losses beside the fused loss (training).
     """
 
@@ -60,55 +66,42 @@ class MultiResConfig:
     mel_channels: tuple[int, ...] = (64, 64, 64)
     mel_pooling: tuple[Pool, ...] = ((2, 2), (2, 2), (2, 2))
     hpcp_channels: tuple[int, ...] = (64, 64, 64)
-    hpcp_pooling: tuple[Pool, ...] = ((2, 2), (2, 2), (3, 5))
+    hpcp_pooling: tuple[Pool, ...] = ((2, 2), (2, 2), (2, 2))
     hpcp_circular: bool = False
-    seq_dim: int = 256
-    gru_hidden: int = 256
-    short_hidden: int = 128
+    short_hidden: int = 256
+    embed_dim: int = 256
+    fusion_hidden: int = 256
     chunk_steps: int = 80
+    gru_hidden: int = 256
+    head_hidden: int = 256
     fine_dim: int = 64
     fine_layers: int = 2
-    head_hidden: int = 256
     dropout: float = 0.0
     aux_weight: float = 0.5
     gem_p: float = 3.0
     gem_learnable: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("mel_channels", "hpcp_channels"):
-            object.__setattr__(self, name, tuple(_positive_int(f"{name}[]", c) for c in getattr(self, name)))
-        for name in ("mel_pooling", "hpcp_pooling"):
-            object.__setattr__(self, name, tuple(_pool(name, k) for k in getattr(self, name)))
-        for name in ("n_mels", "hpcp_bins", "seq_dim", "gru_hidden", "short_hidden", "chunk_steps", "fine_dim",
-                     "head_hidden"):
+        short = self.short_config()  # validates the fields the short CRNN shares
+        for name in ("mel_channels", "hpcp_channels", "mel_pooling", "hpcp_pooling"):
+            object.__setattr__(self, name, getattr(short, name))
+        for name in ("chunk_steps", "gru_hidden", "head_hidden", "fine_dim"):
             _positive_int(name, getattr(self, name))
+        if self.chunk_steps % 2:
+            raise ConfigError(f"model config: chunk_steps must be even (whole HPCP frames), got {self.chunk_steps}")
         if isinstance(self.fine_layers, bool) or not isinstance(self.fine_layers, int) or self.fine_layers < 0:
             raise ConfigError(f"model config: fine_layers must be an integer >= 0, got {self.fine_layers!r}")
-        for branch in ("mel", "hpcp"):
-            if not getattr(self, f"{branch}_channels") or \
-                    len(getattr(self, f"{branch}_channels")) != len(getattr(self, f"{branch}_pooling")):
-                raise ConfigError(f"model config: {branch}_pooling needs one kernel per {branch}_channels block")
-        step = self.time_pool
-        if self.use_hpcp and math.prod(k[1] for k in self.hpcp_pooling) * 2 != step * 5:
-            raise ConfigError(f"model config: hpcp_pooling must pool time 2.5 times as much as mel_pooling "
-                              f"({step}): both trunks meet at one step rate")
-        if self.chunk_steps % step:
-            raise ConfigError(f"model config: chunk_steps ({self.chunk_steps}) must be a multiple of the mel "
-                              f"pooling's time factor ({step})")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model config: dropout must be a probability in [0, 1), got {self.dropout!r}")
         if not isinstance(self.aux_weight, (int, float)) or isinstance(self.aux_weight, bool) or self.aux_weight < 0:
             raise ConfigError(f"model config: aux_weight must be a number >= 0, got {self.aux_weight!r}")
-        if not isinstance(self.gem_p, (int, float)) or self.gem_p <= 0:
-            raise ConfigError(f"model config: gem_p must be positive, got {self.gem_p!r}")
-        for name in ("use_hpcp", "gem_learnable", "hpcp_circular"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"model config: {name} must be true or false, got {getattr(self, name)!r}")
 
-    @property
-    def time_pool(self) -> int:
-        """Mel steps per step of the coarse sequence."""
-        return math.prod(k[1] for k in self.mel_pooling)
+    def short_config(self) -> CRNNConfig:
+        """The short view's MoodCRNN."""
+        return CRNNConfig(
+            n_mels=self.n_mels, hpcp_bins=self.hpcp_bins, use_hpcp=self.use_hpcp, mel_channels=self.mel_channels,
+            mel_pooling=self.mel_pooling, hpcp_channels=self.hpcp_channels, hpcp_pooling=self.hpcp_pooling,
+            gru_hidden=self.short_hidden, embed_dim=self.embed_dim, fusion_hidden=self.fusion_hidden,
+            dropout=self.dropout, gem_p=self.gem_p, gem_learnable=self.gem_learnable, hpcp_circular=self.hpcp_circular,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values with the ``family`` that ``moodtag.models.model_config_from_dict`` dispatches on."""
@@ -138,8 +131,8 @@ class MultiResConfig:
 class MultiResCRNN(nn.Module):
     """``forward(mel, hpcp) -> fused logits (batch, n_tags)``; ``views`` gives each view's logits too.
 
-    mel: (batch, n_mels, T) long-mode steps; hpcp: (batch, hpcp_bins, round(2.5 T)) frames, required when
-    ``config.use_hpcp``. Any T >= 1 works.
+    mel: (batch, n_mels, T) long-mode steps, any T >= 1; hpcp: (batch, hpcp_bins, round(2.5 T)) frames, required
+    when ``config.use_hpcp``.
     """
 
     def __init__(self, config: MultiResConfig, n_tags: int):
@@ -148,18 +141,14 @@ class MultiResCRNN(nn.Module):
             raise ConfigError(f"n_tags must be a positive integer, got {n_tags!r}")
         self.config, self.n_tags = config, n_tags
         c = config
-        self.mel_convs, mel_width = conv_stack(c.n_mels, c.mel_channels, c.mel_pooling, c.gem_p, c.gem_learnable)
-        width = mel_width
-        self.hpcp_convs = None
-        if c.use_hpcp:
-            self.hpcp_convs, hpcp_width = conv_stack(c.hpcp_bins, c.hpcp_channels, c.hpcp_pooling, c.gem_p,
-                                                     c.gem_learnable, circular=c.hpcp_circular)
-            width += hpcp_width
-        self.project = nn.Sequential(nn.Linear(width, c.seq_dim), nn.ReLU())
-        self.long_gru = nn.GRU(c.seq_dim, c.gru_hidden, batch_first=True, bidirectional=True)
-        self.short_gru = nn.GRU(c.seq_dim, c.short_hidden, batch_first=True, bidirectional=True)
-        self.long_head = _head(2 * c.gru_hidden, c.head_hidden, n_tags, c.dropout)
-        self.short_head = _head(2 * c.short_hidden, c.head_hidden, n_tags, c.dropout)
+        self.short = MoodCRNN(c.short_config(), n_tags)
+        branches = [self.short.mel_branch] + ([self.short.hpcp_branch] if c.use_hpcp else [])
+        # Per branch, two one-way GRUs rather than a bidirectional one: the backward one reads each track reversed
+        # from its last step with audio, so trailing padding changes nothing (`_reverse_valid`).
+        self.long_forward = nn.ModuleList(nn.GRU(b.gru.input_size, c.gru_hidden, batch_first=True) for b in branches)
+        self.long_backward = nn.ModuleList(nn.GRU(b.gru.input_size, c.gru_hidden, batch_first=True) for b in branches)
+        self.long_head = nn.Sequential(nn.Linear(2 * c.gru_hidden * len(branches), c.head_hidden), nn.ReLU(),
+                                       nn.Dropout(c.dropout), nn.Linear(c.head_hidden, n_tags))
         self.fine_mel = nn.Conv1d(c.n_mels, c.fine_dim, kernel_size=3, padding=1)
         self.fine_hpcp = nn.Conv1d(c.hpcp_bins, c.fine_dim, kernel_size=3, padding=1) if c.use_hpcp else None
         self.fine_layers = nn.ModuleList(_TemporalBlock(c.fine_dim, 2 ** i) for i in range(c.fine_layers))
@@ -176,12 +165,27 @@ class MultiResCRNN(nn.Module):
         view's parts, "windows" (batch, n_windows, n_tags) logits per window and "window_share" (batch, n_windows)
         each window's share of steps with audio (training judges every window, as the short model's chunks)."""
         hpcp = self._check(mel, hpcp)
+        batch, chunk = mel.shape[0], self.config.chunk_steps
         valid = (mel != 0).any(dim=1)
-        valid = valid | ~valid.any(dim=1, keepdim=True)
-        sequence, coarse_valid = self._coarse(mel, hpcp, valid)
-        windows, share = self._windows(sequence, coarse_valid)
+        valid = valid | ~valid.any(dim=1, keepdim=True)  # no audio at all: every step counts
+        inputs = [(self.short.mel_branch, _split(mel, chunk), _split(valid[:, None].float(), chunk))]
+        if hpcp is not None:
+            frames = round(chunk * HPCP_FRAMES_PER_STEP)
+            keep = _frame_mask(valid, hpcp.shape[-1])
+            like = inputs[0][1]
+            inputs.append((self.short.hpcp_branch, _split(hpcp * keep, frames, like), _split(keep, frames, like)))
+        embeddings, long_parts = [], []
+        for (branch, x, keep), forward, backward in zip(inputs, self.long_forward, self.long_backward):
+            sequence = branch.sequence(x)                                   # (B * n, w, width) per window
+            embeddings.append(branch.summarise(sequence))
+            pool = _time_pool(branch)
+            step_valid = F.max_pool1d(keep, pool, pool, ceil_mode=True)[:, 0] > 0
+            whole = sequence.reshape(batch, -1, sequence.shape[-1])         # the windows end to end
+            long_parts.append(_two_way(forward, backward, whole, step_valid.reshape(batch, -1)))
+        windows = self.short.head(torch.cat(embeddings, dim=-1)).reshape(batch, -1, self.n_tags)
+        share = inputs[0][2].mean(dim=(1, 2)).reshape(batch, -1)
         views = {
-            "long": self._long(sequence, coarse_valid),
+            "long": self.long_head(torch.cat(long_parts, dim=-1)),
             "short": (windows * share[..., None]).sum(dim=1) / share.sum(dim=1, keepdim=True).clamp(min=1e-6),
             "fine": self._fine(mel, hpcp, valid),
         }
@@ -205,46 +209,19 @@ class MultiResCRNN(nn.Module):
             raise ModelError(f"hpcp must be shaped (batch, {self.config.hpcp_bins}, time), got {tuple(hpcp.shape)}")
         return hpcp
 
-    def _coarse(self, mel, hpcp, valid) -> tuple[torch.Tensor, torch.Tensor]:
-        """The coarse sequence (B, T / P, seq_dim) both GRU views read, and which of its steps hold audio."""
-        parts = [_as_sequence(self.mel_convs(mel.unsqueeze(1)))]
-        if self.hpcp_convs is not None:
-            h = _as_sequence(self.hpcp_convs(hpcp.unsqueeze(1)))
-            # Ceil-mode pooling can leave the two trunks a step apart on odd lengths; the HPCP follows the mel.
-            parts.append(F.interpolate(h.transpose(1, 2), size=parts[0].shape[1], mode="nearest").transpose(1, 2))
-        sequence = self.project(torch.cat(parts, dim=-1))
-        pool = self.config.time_pool
-        coarse_valid = F.max_pool1d(valid[:, None].float(), pool, pool, ceil_mode=True)[:, 0] > 0
-        return sequence, coarse_valid
-
-    def _long(self, sequence, valid) -> torch.Tensor:
-        outputs, _ = run_gru(self.long_gru, sequence)
-        return self.long_head(_masked_mean(outputs, valid, dim=1))
-
-    def _windows(self, sequence, valid) -> tuple[torch.Tensor, torch.Tensor]:
-        """The short model inside one pass: logits (B, n, n_tags) per window of chunk_steps mel steps, and each
-        window's share of steps with audio (B, n), by which the short view averages them (a tail counts less)."""
-        window = self.config.chunk_steps // self.config.time_pool
-        # A constant pad rather than one computed from the length: the ONNX graph stays right for any length.
-        sequence, valid = F.pad(sequence, (0, 0, 0, window - 1)), F.pad(valid, (0, window - 1))
-        batch, steps, width = sequence.shape
-        n = steps // window
-        chunks = sequence[:, : n * window].reshape(batch * n, window, width)
-        _, h_n = run_gru(self.short_gru, chunks)
-        logits = self.short_head(torch.cat([h_n[-2], h_n[-1]], dim=-1)).reshape(batch, n, -1)
-        return logits, valid[:, : n * window].reshape(batch, n, window).float().mean(dim=2)
-
     def _fine(self, mel, hpcp, valid) -> torch.Tensor:
-        """Frame logits at the HPCP frame rate (46 ms; mel steps repeated to it), attention-pooled over time."""
-        x = self.fine_mel(mel)
-        if self.fine_hpcp is not None:
-            frames = hpcp.shape[-1]
-            x = F.interpolate(x, size=frames, mode="nearest") + self.fine_hpcp(hpcp)
-            valid = F.interpolate(valid[:, None].float(), size=frames, mode="nearest")[:, 0] > 0
-        x = F.relu(x)
+        """Frame logits at the HPCP frame rate (46 ms; mel steps repeated to it), attention-pooled over time.
+        Frames without audio are zeroed after every layer, so they pass nothing to their neighbours."""
+        if self.fine_hpcp is None:
+            keep = valid[:, None].to(mel.dtype)
+            x = self.fine_mel(mel)
+        else:
+            keep = _frame_mask(valid, hpcp.shape[-1])
+            x = F.interpolate(self.fine_mel(mel), size=hpcp.shape[-1], mode="nearest") + self.fine_hpcp(hpcp * keep)
+        x = F.relu(x) * keep
         for layer in self.fine_layers:
-            x = layer(x)
-        attention = self.fine_attention(x).masked_fill(~valid[:, None], torch.finfo(x.dtype).min)
+            x = layer(x) * keep
+        attention = self.fine_attention(x).masked_fill(keep == 0, torch.finfo(x.dtype).min)
         return (torch.softmax(attention, dim=-1) * self.fine_logits(x)).sum(dim=-1)
 
 
@@ -260,15 +237,39 @@ class _TemporalBlock(nn.Module):
         return x + F.relu(self.norm(self.conv(x)))
 
 
-def _head(width: int, hidden: int, n_tags: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_tags))
+def _split(x: torch.Tensor, length: int, like: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, bins, T) -> (B * n, bins, length): consecutive windows, the last zero-padded; n = ceil(T / length), or
+    as many windows as `like` (B * n, ...) holds. Pads and slices are ONNX-safe for any T (no length-dependent pad)."""
+    batch, bins = x.shape[0], x.shape[1]
+    x = F.pad(x, (0, length + 1))
+    n = (x.shape[-1] - 2) // length if like is None else like.shape[0] // batch
+    return x[..., : n * length].reshape(batch, bins, n, length).transpose(1, 2).reshape(-1, bins, length)
 
 
-def _as_sequence(x: torch.Tensor) -> torch.Tensor:
-    """(B, channels, bins, time) -> (B, time, channels * bins)."""
-    return x.permute(0, 3, 1, 2).flatten(2)
+def _time_pool(branch: nn.Module) -> int:
+    """How many input steps one step of the branch's conv output covers."""
+    return math.prod(block.pool.kernel[1] for block in branch.convs if isinstance(block, ResidualConvBlock))
 
 
-def _masked_mean(x: torch.Tensor, valid: torch.Tensor, dim: int) -> torch.Tensor:
-    weights = valid.to(x.dtype).unsqueeze(-1)
-    return (x * weights).sum(dim=dim) / weights.sum(dim=dim).clamp(min=1.0)
+def _frame_mask(valid: torch.Tensor, frames: int) -> torch.Tensor:
+    """Mel-step validity (B, T) at the HPCP frame rate: (B, 1, frames) of 0 / 1 (frame i lies in step i / 2.5)."""
+    return F.interpolate(valid[:, None].float(), size=frames, mode="nearest")
+
+
+def _two_way(forward: nn.GRU, backward: nn.GRU, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean over the steps with audio of a forward GRU's and a backward GRU's outputs (B, 2 * hidden); the backward
+    GRU starts at each row's last step with audio."""
+    steps = torch.arange(1, valid.shape[1] + 1, device=valid.device)
+    length = (valid * steps).amax(dim=1, keepdim=True)
+    ahead, _ = run_gru(forward, x)
+    behind, _ = run_gru(backward, _reverse_valid(x, length))
+    outputs = torch.cat([ahead, _reverse_valid(behind, length)], dim=-1)
+    weights = valid.to(outputs.dtype).unsqueeze(-1)
+    return (outputs * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+def _reverse_valid(x: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+    """x (B, T, D) with each row's first `length` (B, 1) steps reversed and the rest left in place."""
+    steps = torch.arange(x.shape[1], device=x.device)[None]
+    index = torch.where(steps < length, length - 1 - steps, steps)
+    return x.gather(1, index[..., None].expand_as(x))

@@ -35,14 +35,14 @@ MODEL_PRESETS: dict[str, ModelSpec] = {
         hpcp_channels=(8, 8, 16, 16), hpcp_pooling=((1, 2), (1, 2), (1, 2), (12, 2)), hpcp_circular=True,
         gru_hidden=32, embed_dim=32, fusion_hidden=32,
     ),
-    # Beyond the paper (docs/beyond.md): one multi-resolution model in place of the long/short ensemble, with the
-    # paper model's conv trunks (HPCP pooled to the mel's step rate).
+    # Beyond the paper (docs/beyond.md): one multi-resolution model in place of the long/short ensemble; its short
+    # view is the paper model.
     "multires": MultiResConfig(),
-    # The synthetic demo's: the demo preset's trunks (HPCP pooled x20 in time to meet the mel's x8) and widths.
+    # The synthetic demo's: its short view is the demo preset, the long and fine views as narrow.
     "multires-demo": MultiResConfig(
         mel_channels=(8, 16), mel_pooling=((4, 2), (4, 4)),
-        hpcp_channels=(8, 8, 16, 16), hpcp_pooling=((1, 2), (1, 2), (1, 5), (12, 1)), hpcp_circular=True,
-        seq_dim=32, gru_hidden=32, short_hidden=32, fine_dim=16, head_hidden=32,
+        hpcp_channels=(8, 8, 16, 16), hpcp_pooling=((1, 2), (1, 2), (1, 2), (12, 2)), hpcp_circular=True,
+        short_hidden=32, embed_dim=32, fusion_hidden=32, gru_hidden=32, head_hidden=32, fine_dim=16,
     ),
 }
 
@@ -80,3 +80,20 @@ def build_model(config: ModelSpec | Mapping[str, Any], n_tags: int) -> nn.Module
         config = model_config_from_dict(config)
     family = "multires" if isinstance(config, MultiResConfig) else "crnn"
     return FAMILIES[family][1](config, n_tags)
+
+
+def initialise_from(model: nn.Module, source: nn.Module) -> str:
+    """Copy a trained `source`'s weights into `model` (`train.init_from`): all of them when both have the same
+    layout; a MoodCRNN's into a MultiResCRNN's short view (its long and fine views and fusion start fresh).
+    Returns what was copied; a layout that does not fit raises ConfigError."""
+    if isinstance(model, MultiResCRNN) and isinstance(source, MoodCRNN):
+        target, what = model.short, "its short view"
+    elif type(model) is type(source):
+        target, what = model, "every weight"
+    else:
+        raise ConfigError(f"train.init_from: a {type(model).__name__} cannot start from a {type(source).__name__}")
+    try:
+        target.load_state_dict(source.state_dict())
+    except RuntimeError as err:
+        raise ConfigError(f"train.init_from: the layouts differ ({str(err).splitlines()[0]})") from None
+    return what

@@ -31,7 +31,7 @@ from ..data.datamodule import MoodDataModule, evaluation_loader, open_store
 from ..data.datasets import unlabelled_tracks
 from ..data.splits import read_split
 from ..errors import ConfigError, DataError
-from ..models import MoodCRNN, build_model, inherit_weights
+from ..models import MoodCRNN, build_model, inherit_weights, initialise_from
 from ..numerics import numerics_record, torch_threads
 from ..store import FeatureStore
 from ..predictions import file_probabilities
@@ -101,6 +101,8 @@ def train(
         )
         if ckpt_path is None and config.student is not None and config.student.init == "teacher":
             _start_from_teacher(module, config, datamodule)
+        if ckpt_path is None and config.train.init_from is not None:
+            _start_from_run(module, config)
         precision = resolve_precision(config.train.precision, config.train.accelerator)
         trainer = _trainer(config, run_dir, precision, quiet, callbacks)
         # Lightning draws its progress bars on stdout, which belongs to results (a command's output, the demo's table).
@@ -134,6 +136,21 @@ def _existing_pseudo_labels(config: RunConfig) -> Path | None:
         raise DataError(f"{path}: pseudo-labels of teacher {config.student.teacher} not found; "
                         f"run `moodtag pseudo-label` on the teacher's run first")
     return path
+
+
+def init_run_dir(config: RunConfig) -> Path:
+    """The run `train.init_from` names: a sibling of this run's directory."""
+    return run_dir_of(config).parent / config.train.init_from
+
+
+def _start_from_run(module: TaggingModule, config: RunConfig) -> None:
+    source_dir = init_run_dir(config)
+    if not rundir.is_completed(source_dir):
+        raise DataError(f"{source_dir}: train.init_from names a run that has not finished; train it first")
+    source, _, tags = load_model(source_dir)
+    if tags != module.tags:
+        raise ConfigError(f"{config.name}: train.init_from: {source_dir} has other tags")
+    log.info("%s: %s from %s's best weights", config.name, initialise_from(module.model, source), source_dir)
 
 
 def _start_from_teacher(module: TaggingModule, config: RunConfig, datamodule: MoodDataModule) -> None:
@@ -353,14 +370,17 @@ def predict(
     )
     target = resolve_device(device)
     model.to(target)
-    outputs = []
+    outputs, rows = [], []
     from tqdm import tqdm
 
     with torch.inference_mode(), torch_threads(config.train.num_threads):
         for batch in tqdm(loader, desc=f"predict {Path(run_dir).name}", unit="batch", disable=not progress):
             batch = {k: v.to(target) for k, v in batch.items()}
             outputs.append(track_logits(model, batch, config.data.eval_max_chunks).float().cpu())
-    logits = torch.cat(outputs).numpy() if outputs else np.zeros((0, len(tags)), np.float32)
+            rows.append(batch["index"].cpu())
+    logits = np.zeros((len(track_set), len(tags)), np.float32)
+    if outputs:
+        logits[torch.cat(rows).numpy()] = torch.cat(outputs).numpy()  # batches may come in length order
     return track_set.track_ids, logits
 
 
