@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-ROWS = ("long-normal", "long-hpcp", "long-hpcp-noisy", "short-normal", "short-hpcp", "short-hpcp-noisy", "ensemble")
+ROWS = ("long-normal", "long-hpcp", "long-hpcp-noisy", "short-normal", "short-hpcp", "short-hpcp-noisy", "ensemble",
+        "multires", "multires-recipe")
 
 
 def _demo(out, env, *options):
