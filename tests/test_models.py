@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from moodtag.errors import ConfigError
 from moodtag.models import (MODEL_PRESETS, CRNNConfig, GeM, MoodCRNN, ResidualConvBlock, StochasticConvBlock,
-                            resolve_model_config)
+                            build_model, resolve_model_config)
 
 N_TAGS = 7
 
@@ -134,7 +134,7 @@ def test_config_round_trips_through_dict():
     for config in MODEL_PRESETS.values():
         data = config.to_dict()
         assert isinstance(data["mel_pooling"][0], list)
-        assert CRNNConfig.from_dict(data) == config
+        assert type(config).from_dict(data) == config
 
 
 def test_config_rejects_unknown_keys_and_bad_values():
@@ -193,12 +193,15 @@ def test_n_tags_sets_the_output_width():
 
 
 def test_preset_parameter_counts():
-    counts = {name: sum(p.numel() for p in MoodCRNN(config, 56).parameters())
+    counts = {name: sum(p.numel() for p in build_model(config, 56).parameters())
               for name, config in MODEL_PRESETS.items()}
     assert 2_500_000 < counts["paper"] < 3_500_000
     assert 300_000 < counts["small"] < 1_000_000
     assert 3_000 < counts["tiny"] < 50_000
     assert counts["tiny"] < counts["demo"] < 100_000
+    # The multi-resolution models: their short view is the CRNN of the same scale, plus the long and fine views.
+    assert counts["paper"] < counts["multires"] < 3 * counts["paper"]
+    assert counts["demo"] < counts["multires-demo"] < 3 * counts["demo"]
 
 
 def test_circular_hpcp_branch_is_transposition_invariant_and_off_by_default():
