@@ -112,9 +112,6 @@ def _members(crnn: str, long_steps: int, multires: str, mel, hpcp, params):
     yield multires, multi, tuple(x[:1] for x in chunks(mel, hpcp, cut, params))
 
 
-    report(source, args.threads, decode, mel_time, hpcp_time, rows)
-
-
 def _torch_forward(model, mels, hpcps):
     with torch.inference_mode():
         return [model(torch.from_numpy(mels[i : i + 32]), torch.from_numpy(hpcps[i : i + 32])) for i in range(0, len(mels), 32)]

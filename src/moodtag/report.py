@@ -320,7 +320,8 @@ def results_markdown(results: "Results") -> str:
     if results.alpha:
         lines += [f"Ensemble alpha = {results.alpha['alpha']:.2f} (validation {results.alpha['metric']}).", ""]
     if results.findings:
-        lines += ["## The paper's claims", "", FINDINGS_NOTE, "", findings_table(results.findings), ""]
+        lines += ["## The paper's claims (and beyond the paper's, docs/beyond.md)", "", FINDINGS_NOTE, "",
+                  findings_table(results.findings), ""]
     lines += _numerics_lines(results) + _transductive_lines(results)
     if results.failures:
         lines += ["Rows that did not finish:", ""] + [f"- {name}: {why}" for name, why in results.failures.items()]
@@ -380,8 +381,9 @@ def seeds_markdown(seed_results: "SeedResults") -> str:
     if alphas:
         lines += [f"Ensemble alpha per seed: {alphas}.", ""]
     if seed_results.findings:
-        lines += ["## The paper's claims, all seeds", "", FINDINGS_NOTE + " Here the difference of each resample is "
-                  "averaged over the seeds before the interval is taken.", "", findings_table(seed_results.findings), ""]
+        lines += ["## The paper's claims (and beyond the paper's), all seeds", "",
+                  FINDINGS_NOTE + " Here the difference of each resample is averaged over the seeds before the "
+                  "interval is taken.", "", findings_table(seed_results.findings), ""]
     if seed_results.failures:
         lines += ["Rows that did not finish:", ""] + [f"- {name}: {why}" for name, why in seed_results.failures.items()]
     return "\n".join(lines) + "\n"

@@ -30,8 +30,9 @@ PAPER_RESULTS = {
     "short-hpcp-noisy": {"roc_auc_macro": 0.7488, "pr_auc_macro": 0.1226, "f1_macro": 0.1804},
     "ensemble": {"roc_auc_macro": 0.7687, "pr_auc_macro": 0.1356, "f1_macro": 0.1978, "avg_tpr": 0.4099, "avg_tnr": 0.8671},
 }
-# The paper's row order; rows of other names follow in their own order.
-PAPER_ORDER = list(PAPER_RESULTS)
+# The paper's row order, then the multi-resolution rows beyond it (docs/beyond.md); rows of other names follow in
+# their own order.
+PAPER_ORDER = [*PAPER_RESULTS, "multires", "multires-recipe"]
 TABLE_METRICS = (("roc_auc_macro", "ROC-AUC"), ("pr_auc_macro", "PR-AUC"), ("f1_macro", "F-score"),
                  ("avg_tpr", "avg TPR"), ("avg_tnr", "avg TNR"))
 FINDING_METRICS = ("roc_auc_macro", "pr_auc_macro")
