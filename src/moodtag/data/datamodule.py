@@ -64,9 +64,10 @@ def evaluation_loader(
     batch_size = batch_size or data.eval_batch_size
     loading = dict(num_workers=workers, persistent_workers=persistent_workers and workers > 0)
     if data.mode == "long":
-        dataset, collate = LongDataset(tracks, long_steps=data.long_steps, **common), long_collate(data, hpcp_frames_per_step)
+        dataset = LongDataset(tracks, long_steps=data.long_steps, **common)
+        collate = long_collate(data, hpcp_frames_per_step)
         if data.trim_padding:
-            lengths = torch.tensor([mel_steps(store, track_id) for store, track_id in zip(tracks.stores, tracks.track_ids)])
+            lengths = torch.tensor([mel_steps(store, track) for store, track in zip(tracks.stores, tracks.track_ids)])
             batches = [batch.tolist() for batch in torch.argsort(lengths, stable=True).split(batch_size)]
             return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, **loading)
     else:

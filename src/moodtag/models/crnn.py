@@ -103,27 +103,37 @@ class CRNNConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML/JSON-friendly values (lists, not tuples); ``from_dict`` rebuilds the same config."""
-        out = dataclasses.asdict(self)
-        for name in ("mel_channels", "hpcp_channels"):
-            out[name] = list(out[name])
-        for name in ("mel_pooling", "hpcp_pooling"):
-            out[name] = [list(k) for k in out[name]]
-        return out
+        return plain_values(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CRNNConfig:
         """Build from a mapping of field values; unknown keys and bad values raise ``ConfigError``."""
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"model config must be a mapping, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"model config: unknown key(s) {', '.join(map(str, unknown))}; "
-                              f"known keys are {', '.join(sorted(known))}")
-        try:
-            return cls(**data)
-        except TypeError as err:
-            raise ConfigError(f"model config: {err}") from None
+        return from_values(cls, data)
+
+
+def plain_values(config) -> dict[str, Any]:
+    """A model config's fields as YAML/JSON-friendly values: its conv layout as lists, not tuples."""
+    out = dataclasses.asdict(config)
+    for name in ("mel_channels", "hpcp_channels"):
+        out[name] = list(out[name])
+    for name in ("mel_pooling", "hpcp_pooling"):
+        out[name] = [list(k) for k in out[name]]
+    return out
+
+
+def from_values(cls, data: Mapping[str, Any]):
+    """The model config `cls` from a mapping of its field values; unknown keys and bad values raise ConfigError."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"model config must be a mapping, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"model config: unknown key(s) {', '.join(map(str, unknown))}; "
+                          f"known keys are {', '.join(sorted(known))}")
+    try:
+        return cls(**data)
+    except TypeError as err:
+        raise ConfigError(f"model config: {err}") from None
 
 
 def _positive_int(name: str, value: Any) -> int:

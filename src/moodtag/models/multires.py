@@ -28,7 +28,6 @@ track (``data.trim_padding``) and the tagger cuts a track after its last chunk, 
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from torch import nn
 
 from ..errors import ConfigError, ModelError
 from .blocks import Pool, ResidualConvBlock
-from .crnn import CRNNConfig, MoodCRNN, _positive_int, run_gru
+from .crnn import CRNNConfig, MoodCRNN, _positive_int, from_values, plain_values, run_gru
 
 VIEWS = ("long", "short", "fine")
 # HPCP frames per mel step of the feature contract (FeatureParams.hpcp_frames_per_mel_step: 2048-sample HPCP hops,
@@ -107,27 +106,13 @@ class MultiResConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values with the ``family`` that ``moodtag.models.model_config_from_dict`` dispatches on."""
-        out = {"family": self.family, **dataclasses.asdict(self)}
-        for name in ("mel_channels", "hpcp_channels"):
-            out[name] = list(out[name])
-        for name in ("mel_pooling", "hpcp_pooling"):
-            out[name] = [list(k) for k in out[name]]
-        return out
+        return {"family": self.family, **plain_values(self)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MultiResConfig:
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"model config must be a mapping, got {type(data).__name__}")
-        data = {k: v for k, v in data.items() if k != "family"}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"model config: unknown key(s) {', '.join(map(str, unknown))}; "
-                              f"known keys are {', '.join(sorted(known))}")
-        try:
-            return cls(**data)
-        except TypeError as err:
-            raise ConfigError(f"model config: {err}") from None
+        if isinstance(data, Mapping):
+            data = {k: v for k, v in data.items() if k != "family"}
+        return from_values(cls, data)
 
 
 class MultiResCRNN(nn.Module):
