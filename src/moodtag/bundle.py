@@ -58,9 +58,11 @@ class Member:
 
     @property
     def ignores_padding(self) -> bool:
-        """The model's output does not depend on trailing zero padding (MultiResCRNN), so a long-mode track can be
-        cut after its last chunk instead of padded to `steps`."""
-        return self.model_config.get("family") == "multires"
+        """The model's output does not depend on trailing zero padding (its config says), so a long-mode track can
+        be cut after its last chunk instead of padded to `steps`."""
+        from .models import model_config_from_dict
+
+        return model_config_from_dict(self.model_config).ignores_padding
 
 
 @dataclasses.dataclass

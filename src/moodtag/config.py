@@ -218,9 +218,6 @@ class RunConfig:
             raise ConfigError(f"{source}: {key}: {problem}")
         return config
 
-    def _ignores_padding(self) -> bool:
-        return _ignores_padding_of(self.model)
-
     def problems(self) -> list[tuple[str, str]]:
         """(dotted key, reason) for each value outside its valid range."""
         low, high = self.augment.mask_max_range
@@ -231,7 +228,7 @@ class RunConfig:
             ("data.eval_batch_size", self.data.eval_batch_size > 0, "must be positive"),
             ("data.eval_max_chunks", self.data.eval_max_chunks > 0, "must be positive"),
             ("data.num_workers", self.data.num_workers >= 0, "must be 0 or more"),
-            ("data.trim_padding", not self.data.trim_padding or (self.data.mode == "long" and self._ignores_padding()),
+            ("data.trim_padding", not self.data.trim_padding or (self.data.mode == "long" and self.model.build_config().ignores_padding),
              "needs long mode and a model that ignores zero padding (a multires preset)"),
             ("augment.mask_max_range", 0 <= low <= high, "expected [low, high] with 0 <= low <= high"),
             ("augment.input_noise", self.augment.input_noise >= 0, "must be 0 or more"),
@@ -269,12 +266,6 @@ def _valid_swa_start(train: TrainConfig) -> bool:
         return 0 <= start <= 1
     # An epoch past max_epochs would average nothing, and Lightning would then install the untrained initial weights.
     return start is None or 1 <= start <= train.max_epochs
-
-
-def _ignores_padding_of(model: ModelConfig) -> bool:
-    from .models import MultiResConfig
-
-    return isinstance(model.build_config(), MultiResConfig)
 
 
 def load_config(

@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -40,7 +39,7 @@ from .audio import downmix, resample
 from .bundle import Bundle, MemberRunner, load_bundle
 from .errors import AudioError, MoodtagError
 from .features import TrackFeatures, compute_features
-from .features.contract import chunk_windows, crop_window
+from .features.contract import chunk_windows, crop_window, trimmed_steps
 from .pool import Crashed, pool_map
 from .predictions import sigmoid
 from .streaming import file_features
@@ -234,7 +233,7 @@ class Tagger:
         else:
             steps = runner.steps
             if runner.ignores_padding:  # the same logits, without computing the padding (data.trim_padding)
-                steps = min(steps, math.ceil(mel.shape[1] / self.bundle.chunk_steps) * self.bundle.chunk_steps)
+                steps = trimmed_steps(mel.shape[1], steps, self.bundle.chunk_steps)
             batch = self._inputs(runner, mel, hpcp, [(0, steps)])
             track = runner(batch["mel"], batch.get("hpcp"))
         track = track[0].numpy()

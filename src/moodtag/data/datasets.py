@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import zipfile
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ from torch.utils.data import Dataset, default_collate
 
 from ..config import DataConfig, RunConfig
 from ..errors import DataError
-from ..features.contract import chunk_count, crop, crop_window  # noqa: F401  (crop: part of this module's API)
+from ..features.contract import chunk_count, crop, crop_window, trimmed_steps  # noqa: F401  (crop: part of this module's API)
 from ..rundir import load_labels
 from ..store import FeatureStore
 from .splits import read_split
@@ -247,8 +246,7 @@ def collate_trimmed(items: list[dict], *, chunk_steps: int, hpcp_frames_per_step
     batch = default_collate(items)
     mel = batch["mel"]
     audio = torch.nonzero((mel != 0).any(dim=1).any(dim=0))
-    last = int(audio[-1]) + 1 if len(audio) else 1
-    steps = min(mel.shape[-1], math.ceil(last / chunk_steps) * chunk_steps)
+    steps = trimmed_steps(int(audio[-1]) + 1 if len(audio) else 1, mel.shape[-1], chunk_steps)
     batch["mel"] = mel[..., :steps].contiguous()
     if "hpcp" in batch:
         batch["hpcp"] = batch["hpcp"][..., : round(steps * hpcp_frames_per_step)].contiguous()

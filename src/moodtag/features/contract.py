@@ -9,7 +9,9 @@ Stated once here and read by data/ (training and evaluation), tagging, streaming
 - cutting a track into model inputs (`crop_window`): steps [start, start + steps) of the mel and the
   round(steps * r) HPCP frames that start at round(start * r), zero-padded at the end;
 - short-mode chunks (`chunk_count`, `chunk_windows`): consecutive non-overlapping chunks, the tail shorter than a
-  chunk dropped, a track shorter than one chunk one zero-padded chunk.
+  chunk dropped, a track shorter than one chunk one zero-padded chunk;
+- long crops cut short (`trimmed_steps`) for a model that ignores trailing padding: after the last step with audio,
+  rounded up to whole chunks, at most the long crop.
 """
 from __future__ import annotations
 
@@ -51,6 +53,12 @@ def crop_window(mel: np.ndarray, hpcp: np.ndarray | None, start: int, steps: int
         return mel_piece, None
     ratio = hpcp_frames_per_step
     return mel_piece, crop(hpcp, round(start * ratio), round(steps * ratio))
+
+
+def trimmed_steps(audio_steps: int, long_steps: int, chunk_steps: int) -> int:
+    """Length of a long crop holding `audio_steps` steps with audio (data.trim_padding, the tagger): whole chunks,
+    at least one, at most `long_steps`."""
+    return min(long_steps, max(1, math.ceil(audio_steps / chunk_steps)) * chunk_steps)
 
 
 def chunk_count(n_steps: int, chunk_steps: int) -> int:

@@ -23,7 +23,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -48,6 +48,9 @@ class CRNNConfig:
     the branch is transposition-invariant, so it can learn major vs minor from few tracks in random keys.
     """
 
+    family: ClassVar[str] = "crnn"
+    # Trailing zero padding changes the output (BatchNorm sees it, the GRU reads through it): long crops stay padded.
+    ignores_padding: ClassVar[bool] = False
     n_mels: int = 128
     hpcp_bins: int = 12
     use_hpcp: bool = True

@@ -59,6 +59,8 @@ class MultiResConfig:
     """
 
     family: ClassVar[str] = "multires"
+    # The output does not depend on trailing zero padding (MultiResCRNN), so long crops may be cut short.
+    ignores_padding: ClassVar[bool] = True
     n_mels: int = 128
     hpcp_bins: int = 12
     use_hpcp: bool = True
@@ -156,17 +158,18 @@ class MultiResCRNN(nn.Module):
         valid = (mel != 0).any(dim=1)
         valid = valid | ~valid.any(dim=1, keepdim=True)  # no audio at all: every step counts
         inputs = [(self.short.mel_branch, _split(mel, chunk), _split(valid[:, None].float(), chunk))]
+        # Which frames hold audio, at the rate the fine view reads: HPCP frames, or mel steps without HPCP.
+        keep = valid[:, None].to(mel.dtype) if hpcp is None else _frame_mask(valid, hpcp.shape[-1])
         if hpcp is not None:
             frames = round(chunk * HPCP_FRAMES_PER_STEP)
-            keep = _frame_mask(valid, hpcp.shape[-1])
             like = inputs[0][1]
             inputs.append((self.short.hpcp_branch, _split(hpcp * keep, frames, like), _split(keep, frames, like)))
         embeddings, long_parts = [], []
-        for (branch, x, keep), forward, backward in zip(inputs, self.long_forward, self.long_backward):
+        for (branch, x, window_keep), forward, backward in zip(inputs, self.long_forward, self.long_backward):
             sequence = branch.sequence(x)                                   # (B * n, w, width) per window
             embeddings.append(branch.summarise(sequence))
             pool = _time_pool(branch)
-            step_valid = F.max_pool1d(keep, pool, pool, ceil_mode=True)[:, 0] > 0
+            step_valid = F.max_pool1d(window_keep, pool, pool, ceil_mode=True)[:, 0] > 0
             whole = sequence.reshape(batch, -1, sequence.shape[-1])         # the windows end to end
             long_parts.append(_two_way(forward, backward, whole, step_valid.reshape(batch, -1)))
         windows = self.short.head(torch.cat(embeddings, dim=-1)).reshape(batch, -1, self.n_tags)
@@ -174,7 +177,7 @@ class MultiResCRNN(nn.Module):
         views = {
             "long": self.long_head(torch.cat(long_parts, dim=-1)),
             "short": (windows * share[..., None]).sum(dim=1) / share.sum(dim=1, keepdim=True).clamp(min=1e-6),
-            "fine": self._fine(mel, hpcp, valid),
+            "fine": self._fine(mel, hpcp, keep),
         }
         weights = torch.softmax(self.fusion, dim=0)
         views["fused"] = sum(weights[i] * views[name] for i, name in enumerate(VIEWS))
@@ -196,14 +199,13 @@ class MultiResCRNN(nn.Module):
             raise ModelError(f"hpcp must be shaped (batch, {self.config.hpcp_bins}, time), got {tuple(hpcp.shape)}")
         return hpcp
 
-    def _fine(self, mel, hpcp, valid) -> torch.Tensor:
+    def _fine(self, mel, hpcp, keep) -> torch.Tensor:
         """Frame logits at the HPCP frame rate (46 ms; mel steps repeated to it), attention-pooled over time.
-        Frames without audio are zeroed after every layer, so they pass nothing to their neighbours."""
+        `keep` (B, 1, frames): 1 where a frame holds audio; the others are zeroed after every layer, so they pass
+        nothing to their neighbours."""
         if self.fine_hpcp is None:
-            keep = valid[:, None].to(mel.dtype)
             x = self.fine_mel(mel)
         else:
-            keep = _frame_mask(valid, hpcp.shape[-1])
             x = F.interpolate(self.fine_mel(mel), size=hpcp.shape[-1], mode="nearest") + self.fine_hpcp(hpcp * keep)
         x = F.relu(x) * keep
         for layer in self.fine_layers:

@@ -78,8 +78,7 @@ def build_model(config: ModelSpec | Mapping[str, Any], n_tags: int) -> nn.Module
     """A fresh model of `config` (a config or its dict) for `n_tags` tags."""
     if isinstance(config, Mapping):
         config = model_config_from_dict(config)
-    family = "multires" if isinstance(config, MultiResConfig) else "crnn"
-    return FAMILIES[family][1](config, n_tags)
+    return FAMILIES[config.family][1](config, n_tags)
 
 
 def initialise_from(model: nn.Module, source: nn.Module) -> str:
