@@ -182,7 +182,7 @@ ONNX_ATOL = 1e-5
 def test_onnx_models_match_pytorch(tmp_path, rng):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from moodtag.features.mel import MelFrontEnd
+    from moodtag.features.mel_torch import MelFrontEnd
 
     torch.manual_seed(0)
     model = MoodCRNN(MODEL_PRESETS["tiny"], len(TAGS)).eval()

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from moodtag.features import mel as mel_module
-from moodtag.features.mel import MelFrontEnd, log_mel_spectrogram, mel_filters, n_mel_steps
+from moodtag.features.mel import log_mel_spectrogram, mel_filters, n_mel_steps
+from moodtag.features.mel_torch import MelFrontEnd
 from moodtag.features.params import FeatureParams
 
 librosa = pytest.importorskip("librosa")
@@ -131,3 +132,43 @@ def test_onnx_export_matches_torch(rng, tmp_path):
     audio = (0.1 * rng.standard_normal((3, 3 * SR + 5))).astype(np.float32)
     (exported,) = session.run(None, {session.get_inputs()[0].name: audio})
     np.testing.assert_allclose(exported, log_mel_spectrogram(audio), rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The numpy engine (the tagger's): torch's floats to rounding, the same floats however it is blocked or threaded
+
+
+@pytest.mark.filterwarnings("ignore:n_fft=2048 is too large:UserWarning")
+@pytest.mark.parametrize("n_samples", [1, 1025, 5121, 3 * SR + 333])
+def test_numpy_engine_matches_torch_and_librosa(rng, n_samples):
+    audio = (0.1 * rng.standard_normal(n_samples)).astype(np.float32)
+    ours = log_mel_spectrogram(audio, engine="numpy")
+    assert ours.dtype == np.float32 and ours.shape == (128, n_mel_steps(n_samples))
+    np.testing.assert_allclose(ours, log_mel_spectrogram(audio), rtol=0, atol=2e-7)
+    np.testing.assert_allclose(ours, reference(audio), rtol=0, atol=ATOL)
+
+
+def test_numpy_engine_floats_do_not_depend_on_blocks_or_threads(rng, monkeypatch):
+    from threadpoolctl import threadpool_limits
+
+    audio = (0.1 * rng.standard_normal((2, 5 * SR + 777))).astype(np.float32)
+    whole = log_mel_spectrogram(audio, engine="numpy")
+    with threadpool_limits(2):
+        np.testing.assert_array_equal(log_mel_spectrogram(audio, engine="numpy"), whole)
+    for frames in (30, 7, 1):  # blocks of a few frames: OpenBLAS rounds small products its own way
+        monkeypatch.setattr(mel_module, "_BLOCK_FRAMES", frames)
+        np.testing.assert_array_equal(log_mel_spectrogram(audio, engine="numpy"), whole)
+
+
+def test_numpy_engine_imports_no_torch_and_refuses_a_gpu():
+    import subprocess
+    import sys
+
+    script = ("import sys, numpy as np; from moodtag.features import compute_features; "
+              "compute_features(np.ones(9999, np.float32), engine='numpy'); print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
+    with pytest.raises(ValueError, match="numpy mel engine runs on the CPU"):
+        log_mel_spectrogram(np.ones(9999, np.float32), engine="numpy", device="cuda")
+    with pytest.raises(ValueError, match="unknown mel engine"):
+        log_mel_spectrogram(np.ones(9999, np.float32), engine="jax")

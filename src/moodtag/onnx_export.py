@@ -4,7 +4,7 @@
 (batch, n_tags). Batch and time are dynamic, so the same file serves long (1600 steps) and short (80) inputs.
 
 `model-audio.onnx`: input `audio` (batch, samples) mono float32 at the feature sample rate (at least 2048 samples),
-plus `hpcp` for HPCP models; output `logits`. The mel front end (`moodtag.features.mel.MelFrontEnd`: STFT, mel bank,
+plus `hpcp` for HPCP models; output `logits`. The mel front end (`moodtag.features.mel_torch.MelFrontEnd`: STFT, mel bank,
 pooling, log1p) is inside. HPCP stays outside: its spectral peak picking keeps a data-dependent number of peaks per
 frame (Essentia's PeakDetection: up to 100 interpolated maxima above a threshold, then per-peak pitch-class
 weighting), which ONNX's static graph cannot express without a fixed-size reformulation that would no longer
@@ -70,7 +70,7 @@ def export_audio_model(model, params: FeatureParams, path: Path, *, features_mod
     import torch
     from onnx import compose
 
-    from .features.mel import MelFrontEnd
+    from .features.mel_torch import MelFrontEnd
 
     front_end = MelFrontEnd(params).eval()
     example = torch.zeros(2, _EXAMPLE_SECONDS * params.sample_rate)

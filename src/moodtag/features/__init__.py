@@ -30,13 +30,15 @@ class TrackFeatures:
     feature_hash: str
 
 
-def compute_features(audio: np.ndarray, params: FeatureParams = FeatureParams(), *, device: str = "cpu") -> TrackFeatures:
-    """Mel and HPCP of one mono float32 signal sampled at `params.sample_rate`."""
+def compute_features(audio: np.ndarray, params: FeatureParams = FeatureParams(), *, device: str = "cpu",
+                     engine: str = "torch") -> TrackFeatures:
+    """Mel and HPCP of one mono float32 signal sampled at `params.sample_rate`; device and engine: the mel's
+    (`moodtag.features.mel.log_mel_spectrogram`)."""
     from .hpcp import hpcpgram
     from .mel import log_mel_spectrogram
 
     return TrackFeatures(
-        mel=log_mel_spectrogram(audio, params=params, device=device),
+        mel=log_mel_spectrogram(audio, params=params, device=device, engine=engine),
         hpcp=hpcpgram(audio, params=params),
         duration=len(audio) / params.sample_rate,
         sample_rate=params.sample_rate,

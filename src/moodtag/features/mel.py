@@ -12,60 +12,32 @@ non-empty signal, however short, gives at least one step: T = ceil((1 + N // hop
 
 Long signals are processed in blocks of whole pooling groups, padding only the signal's two ends, so memory beyond
 the audio stays at a few tens of MB whatever the track length.
+
+Two engines compute it (`ENGINES`):
+- "torch" (moodtag.features.mel_torch: torch.stft and a matmul, on the CPU or a CUDA device) fills the feature
+  store that training reads, and is the front end inside model-audio.onnx;
+- "numpy" (scipy.fft and numpy's matmul, float32) is what the tagger's workers run: it needs no torch, whose import
+  costs each process 1.6 CPU seconds, and on one thread it is faster. It equals the torch engine to float32
+  rounding (about 1e-7 here, tests/test_mel.py), not bit for bit: the two use different FFT and BLAS libraries.
+  It stays off the store because the published demo numbers were computed from torch-engine features.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 from ..errors import FeatureError
 from .params import FeatureParams
 
+ENGINES = ("torch", "numpy")
 # STFT frames per block of a whole signal: a multiple of every sensible time_pool, large enough that per-block
 # overheads vanish (moodtag.streaming uses smaller blocks, for memory).
 _BLOCK_FRAMES = 2560
-
-
-class MelFrontEnd(nn.Module):
-    """Waveform (B, N) float32 -> pooled log mel (B, n_mels, T), exportable to ONNX (opset ≥ 17).
-
-    `forward` pads with torch's reflect mode, which needs N > n_fft // 2; `log_mel_spectrogram` handles any
-    length (and long audio in bounded memory) and is what the feature store uses.
-    """
-
-    def __init__(self, params: FeatureParams = FeatureParams()):
-        super().__init__()
-        if params.log_compression != "log1p":
-            raise FeatureError(f"unsupported log_compression {params.log_compression!r} (only 'log1p')")
-        self.params = params
-        self.register_buffer("mel_basis", torch.from_numpy(mel_filters(params)), persistent=False)
-        self.register_buffer("window", torch.hann_window(params.n_fft, periodic=True), persistent=False)
-
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        half = self.params.n_fft // 2
-        padded = F.pad(waveform.unsqueeze(1), (half, half), mode="reflect").squeeze(1)
-        return self.compress(self.pool(self.mel_power(padded)))
-
-    def mel_power(self, padded: torch.Tensor) -> torch.Tensor:
-        """(B, N') already-padded waveform -> (B, n_mels, 1 + (N' - n_fft) // hop) power mel frames."""
-        spectrum = torch.stft(
-            padded, self.params.n_fft, self.params.hop_length, window=self.window, center=False, return_complex=True
-        )
-        # In place, and the spectrum dropped before the product: the same floats with a third less memory.
-        power = spectrum.real.square()
-        power.add_(spectrum.imag.square())
-        del spectrum
-        return torch.matmul(self.mel_basis, power)
-
-    def pool(self, frames: torch.Tensor) -> torch.Tensor:
-        """Mean over groups of `time_pool` frames; a trailing partial group is averaged over its own frames."""
-        pool = self.params.time_pool
-        return F.avg_pool1d(frames, pool, pool, ceil_mode=True)
-
-    def compress(self, pooled: torch.Tensor) -> torch.Tensor:
-        return torch.log1p(pooled) / self.params.mel_divisor
+# The numpy engine computes frames in tiles of this many, aligned to frame 0 of the signal, so every FFT and product
+# has one shape and a frame sits at the same row whatever block or piece of the track holds it: the floats cannot
+# depend on the blocking (OpenBLAS rounds differently for small products: it did below 8 frames).
+_TILE_FRAMES = 128
 
 
 def mel_filters(params: FeatureParams = FeatureParams()) -> np.ndarray:
@@ -99,28 +71,20 @@ def _slaney_mel_to_hz(mels: np.ndarray) -> np.ndarray:
     return hz
 
 
-_FRONT_ENDS: dict[tuple[FeatureParams, str], MelFrontEnd] = {}
-
-
-def mel_front_end(params: FeatureParams = FeatureParams(), device: str = "cpu") -> MelFrontEnd:
-    """A cached `MelFrontEnd` on `device` (building the filter bank costs more than a short clip's features)."""
-    key = (params, str(device))
-    if key not in _FRONT_ENDS:
-        _FRONT_ENDS[key] = MelFrontEnd(params).to(device).eval()
-    return _FRONT_ENDS[key]
-
-
 def n_mel_steps(n_samples: int, params: FeatureParams = FeatureParams()) -> int:
     """Pooled steps T of `log_mel_spectrogram` for a signal of `n_samples` (> 0) samples."""
     n_frames = 1 + n_samples // params.hop_length
     return -(-n_frames // params.time_pool)
 
 
-def log_mel_spectrogram(audio: np.ndarray, *, params: FeatureParams = FeatureParams(), device: str = "cpu") -> np.ndarray:
+def log_mel_spectrogram(audio: np.ndarray, *, params: FeatureParams = FeatureParams(), device: str = "cpu",
+                        engine: str = "torch") -> np.ndarray:
     """Pooled, compressed mel spectrogram of mono audio (or a batch of equal-length signals).
 
     Args:
         audio: (N,) or (B, N) float samples at `params.sample_rate`, N ≥ 1.
+        device: where the torch engine runs ("cpu", "cuda", "cuda:N"); the numpy engine runs on the CPU.
+        engine: "torch" or "numpy" (see the module docstring).
     Returns:
         (n_mels, T) or (B, n_mels, T) float32, T = ceil((1 + N // hop) / time_pool);
         values log1p(mean power mel) / mel_divisor, finite and ≥ 0 (silence gives zeros).
@@ -132,7 +96,7 @@ def log_mel_spectrogram(audio: np.ndarray, *, params: FeatureParams = FeaturePar
     n_samples = batch.shape[1]
     out = np.empty((batch.shape[0], params.n_mels, n_mel_steps(n_samples, params)), np.float32)
     for first, stop in mel_blocks(n_samples, params):
-        pooled = mel_block(batch, first, stop, n_samples=n_samples, params=params, device=device)
+        pooled = mel_block(batch, first, stop, n_samples=n_samples, params=params, device=device, engine=engine)
         step = first // params.time_pool
         out[:, :, step : step + pooled.shape[-1]] = pooled
     return out[0] if signal.ndim == 1 else out
@@ -156,16 +120,80 @@ def mel_block_span(first: int, stop: int, params: FeatureParams = FeatureParams(
 
 
 def mel_block(batch: np.ndarray, first: int, stop: int, *, n_samples: int, offset: int = 0,
-              params: FeatureParams = FeatureParams(), device: str = "cpu") -> np.ndarray:
+              params: FeatureParams = FeatureParams(), device: str = "cpu", engine: str = "torch") -> np.ndarray:
     """(B, n_mels, steps) pooled, compressed mel of STFT frames [first, stop) of signals of `n_samples` samples, of
     which `batch` (B, n) holds samples [offset, offset + n): all of `mel_block_span` that lies in the signal, and
-    n_fft more samples before it where the block is padded at the end (its reflection reads them)."""
-    front_end = mel_front_end(params, device)
+    n_fft more samples before it where the block is padded at the end (its reflection reads them). `first` starts
+    a pooling group."""
+    if engine not in ENGINES:
+        raise FeatureError(f"unknown mel engine {engine!r}; choose from {', '.join(ENGINES)}")
     lo, hi = mel_block_span(first, stop, params)
     segment = _padded_segment(batch, lo, hi, n_samples, offset)
-    with torch.inference_mode():
-        frames = front_end.mel_power(torch.from_numpy(segment).to(device))
-        return front_end.compress(front_end.pool(frames)).cpu().numpy()
+    if engine == "numpy":
+        if str(device) != "cpu":
+            raise FeatureError(f"the numpy mel engine runs on the CPU, not {device}")
+        return _numpy_mel_block(segment, first, params)
+    from .mel_torch import torch_mel_block
+
+    return torch_mel_block(segment, params, device)
+
+
+def _numpy_mel_block(segment: np.ndarray, first: int, params: FeatureParams) -> np.ndarray:
+    """The numpy engine: pooled, compressed mel of the frames [first, ...) of a padded (B, n) segment."""
+    import scipy.fft
+
+    window, basis = _numpy_constants(params)
+    n_fft, tile_rows = params.n_fft, _TILE_FRAMES
+    n_frames = 1 + (segment.shape[1] - n_fft) // params.hop_length
+    power = np.empty((segment.shape[0], n_frames, params.n_mels), np.float32)
+    tile = np.empty((tile_rows, n_fft), np.float32)
+    # One BLAS thread: OpenBLAS rounds the product differently with more (2.8e-9 here), and features must not
+    # depend on the machine's load or core count.
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        for row, signal in enumerate(segment):
+            frames = np.lib.stride_tricks.sliding_window_view(signal, n_fft)[:: params.hop_length]
+            for start in range(-(first % tile_rows), n_frames, tile_rows):  # block frames [start, start + tile_rows)
+                lo, hi = max(start, 0), min(start + tile_rows, n_frames)
+                if hi - lo < tile_rows:
+                    tile.fill(0)
+                np.multiply(frames[lo:hi], window, out=tile[lo - start : hi - start])
+                spectrum = scipy.fft.rfft(tile, axis=1)
+                squared = np.square(spectrum.real)
+                squared += np.square(spectrum.imag)
+                power[row, lo:hi] = (squared @ basis)[lo - start : hi - start]
+    return _pool_and_compress(power, params)
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def _pool_and_compress(power: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """(B, frames, n_mels) power -> (B, n_mels, steps): means over groups of `time_pool` frames (a trailing partial
+    group over its own frames), then log1p / mel_divisor."""
+    pool = params.time_pool
+    whole = power.shape[1] // pool
+    steps = -(-power.shape[1] // pool)
+    pooled = np.empty((power.shape[0], steps, power.shape[2]), np.float32)
+    pooled[:, :whole] = power[:, : whole * pool].reshape(power.shape[0], whole, pool, power.shape[2]).mean(axis=2)
+    if steps > whole:
+        pooled[:, whole] = power[:, whole * pool :].mean(axis=1)
+    np.log1p(pooled, out=pooled)
+    pooled /= np.float32(params.mel_divisor)
+    return np.ascontiguousarray(pooled.transpose(0, 2, 1))
+
+
+@functools.lru_cache(maxsize=8)
+def _numpy_constants(params: FeatureParams) -> tuple[np.ndarray, np.ndarray]:
+    """The periodic Hann window (float64 arithmetic, as scipy.signal's, in float32) and the transposed filter bank."""
+    if params.log_compression != "log1p":
+        raise FeatureError(f"unsupported log_compression {params.log_compression!r} (only 'log1p')")
+    n = np.arange(params.n_fft)
+    window = (0.5 - 0.5 * np.cos(2 * np.pi * n / params.n_fft)).astype(np.float32)
+    return window, np.ascontiguousarray(mel_filters(params).T)
 
 
 def _padded_segment(batch: np.ndarray, lo: int, hi: int, n_samples: int, offset: int) -> np.ndarray:
