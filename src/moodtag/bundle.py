@@ -60,7 +60,7 @@ class Member:
     def ignores_padding(self) -> bool:
         """The model's output does not depend on trailing zero padding (its config says), so a long-mode track can
         be cut after its last chunk instead of padded to `steps`."""
-        from .models import model_config_from_dict
+        from .models.configs import model_config_from_dict
 
         return model_config_from_dict(self.model_config).ignores_padding
 

@@ -14,6 +14,9 @@ Conventions, fixed here so every part of moodtag agrees:
   `precision_recall_curve` returns; this strict rule is what reproduces the paper's F-scores.
 - Oracle thresholds maximise each tag's F-score on the evaluated set, as the task did; a tag without positives gets
   threshold 1.0, which a probability can never exceed, so it is never predicted.
+
+scikit-learn and scipy are imported by the functions that use them: they cost ~0.8 s, and the tagger, which only
+needs `decide`, pays it before its first record otherwise.
 """
 from __future__ import annotations
 
@@ -26,8 +29,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from scipy import special
-from sklearn import metrics
 
 from .atomic import atomic_write_text
 from .data.splits import read_split
@@ -78,6 +79,8 @@ def validate(y_true, y_score, *, logits: bool = False) -> tuple[np.ndarray, np.n
     Both are (n_tracks, n_tags). Scores must be finite probabilities in [0, 1]; with `logits=True` they are
     unbounded logits and are passed through a sigmoid. Raises DataError naming the problem.
     """
+    from scipy import special
+
     y_true = np.asarray(y_true)
     y_score = np.asarray(y_score)
     if y_true.ndim != 2 or y_score.ndim != 2:
@@ -143,6 +146,8 @@ def tune_thresholds(y_true, y_score, *, logits: bool = False) -> np.ndarray:
     Candidates are the thresholds of sklearn's `precision_recall_curve`; the first of equal maxima wins. A tag
     without positives gets `NEVER` (1.0).
     """
+    from sklearn import metrics
+
     y_true, y_score = validate(y_true, y_score, logits=logits)
     thresholds = np.full(y_true.shape[1], NEVER)
     for tag in np.flatnonzero(y_true.any(axis=0)):
@@ -216,6 +221,8 @@ def _short_list(names: Sequence[str], limit: int = 10) -> str:
 
 def roc_auc_macro(y_true, y_score, *, logits: bool = False, tags: Sequence[str] | None = None) -> float:
     """Macro ROC-AUC over the scored tags: the cheap number to watch every epoch."""
+    from sklearn import metrics
+
     y_true, y_score = validate(y_true, y_score, logits=logits)
     mask = _scored_mask(y_true, tags)
     return float(metrics.roc_auc_score(y_true[:, mask], y_score[:, mask], average="macro"))
@@ -230,6 +237,8 @@ def per_tag_metrics(
     `thresholds` is "oracle" (tuned on this set), an (n_tags,) array of probability thresholds, or None for the
     ranking metrics only.
     """
+    from sklearn import metrics
+
     y_true, y_score = validate(y_true, y_score, logits=logits)
     mask = _scored_mask(y_true, tags)
     n_tags = y_true.shape[1]
@@ -268,6 +277,8 @@ def summarize(y_true, y_score, per_tag: dict[str, np.ndarray], *, tags: Sequence
 
     `y_true` and `y_score` must be the validated labels and probabilities (see `validate`).
     """
+    from sklearn import metrics
+
     mask = per_tag["scored"]
     scored_true, scored_score = y_true[:, mask], y_score[:, mask]
     result = {

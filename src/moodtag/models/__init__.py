@@ -1,25 +1,27 @@
 """Pure ``nn.Module`` models: the paper's mel (+ HPCP) CRNN tagger, its building blocks, and the multi-resolution
-model beyond the paper."""
+model beyond the paper.
+
+Names are imported on first use: `moodtag.models.configs` (and so a bundle's member config) loads without torch,
+which the tagger's worker processes never import.
+"""
 from __future__ import annotations
 
-from .blocks import GeM, ResidualConvBlock, StochasticConvBlock
-from .crnn import CRNNBranch, CRNNConfig, MoodCRNN, inherit_weights
-from .multires import MultiResConfig, MultiResCRNN
-from .presets import MODEL_PRESETS, build_model, initialise_from, model_config_from_dict, resolve_model_config
+_LAZY = {
+    "GeM": "blocks", "ResidualConvBlock": "blocks", "StochasticConvBlock": "blocks",
+    "CRNNBranch": "crnn", "MoodCRNN": "crnn", "inherit_weights": "crnn",
+    "CRNNConfig": "configs", "MultiResConfig": "configs", "model_config_from_dict": "configs",
+    "MultiResCRNN": "multires",
+    "MODEL_PRESETS": "presets", "build_model": "presets", "initialise_from": "presets",
+    "resolve_model_config": "presets",
+}
 
-__all__ = [
-    "MODEL_PRESETS",
-    "CRNNBranch",
-    "CRNNConfig",
-    "GeM",
-    "MoodCRNN",
-    "MultiResCRNN",
-    "MultiResConfig",
-    "ResidualConvBlock",
-    "StochasticConvBlock",
-    "build_model",
-    "inherit_weights",
-    "initialise_from",
-    "model_config_from_dict",
-    "resolve_model_config",
-]
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+
+
+__all__ = sorted(_LAZY)

@@ -9,8 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
-
-Pool = tuple[int, int]
+from .configs import Pool
 
 
 class GeM(nn.Module):

@@ -19,137 +19,14 @@ The model is pure: tensors in, logits out (use ``BCEWithLogitsLoss``); it knows 
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError, ModelError
-from .blocks import Pool, ResidualConvBlock, StochasticConvBlock
-
-GRU_POOLS = ("last", "mean")
-
-
-@dataclass(frozen=True)
-class CRNNConfig:
-    """Dimensions of ``MoodCRNN``; the defaults are the paper's model (the ``"paper"`` preset).
-
-    Pooling kernels are (frequency, time) per conv block. ``gru_pool`` turns the GRU's output sequence into one
-    vector: ``"last"`` concatenates the final forward and backward hidden states (the released code), ``"mean"``
-    averages the outputs over time. ``stochastic_blocks`` StochasticConvBlocks (the noisy student; 0 for teachers)
-    follow the first conv block of every branch. ``dropout`` acts in the fusion head (and between stacked GRU layers).
-    ``hpcp_circular`` (a departure from the paper, off by default) pads the HPCP branch's 3x3 convs circularly along
-    the pitch axis, which is a circle of 12 pitch classes: the convs then see the interval C-E the same way as B-D#,
-    and with HPCP pooling that keeps every pitch bin until a last block pooling them all (e.g. ((1, 2), (12, 4))),
-    the branch is transposition-invariant, so it can learn major vs minor from few tracks in random keys.
-    """
-
-    family: ClassVar[str] = "crnn"
-    # Trailing zero padding changes the output (BatchNorm sees it, the GRU reads through it): long crops stay padded.
-    ignores_padding: ClassVar[bool] = False
-    n_mels: int = 128
-    hpcp_bins: int = 12
-    use_hpcp: bool = True
-    mel_channels: tuple[int, ...] = (64, 64, 64)
-    mel_pooling: tuple[Pool, ...] = ((2, 2), (2, 2), (2, 2))
-    hpcp_channels: tuple[int, ...] = (64, 64, 64)
-    hpcp_pooling: tuple[Pool, ...] = ((2, 2), (2, 2), (2, 2))
-    gru_hidden: int = 256
-    gru_layers: int = 1
-    gru_pool: str = "last"
-    embed_dim: int = 256
-    fusion_hidden: int = 256
-    dropout: float = 0.0
-    stochastic_blocks: int = 0
-    stochastic_drop_prob: float = 0.1
-    stochastic_dropout: float = 0.1
-    gem_p: float = 3.0
-    gem_learnable: bool = True
-    hpcp_circular: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("mel_channels", "hpcp_channels"):
-            object.__setattr__(self, name, tuple(_positive_int(f"{name}[]", c) for c in getattr(self, name)))
-        for name in ("mel_pooling", "hpcp_pooling"):
-            object.__setattr__(self, name, tuple(_pool(name, k) for k in getattr(self, name)))
-        self._validate()
-
-    def _validate(self) -> None:
-        for name in ("n_mels", "hpcp_bins", "gru_hidden", "gru_layers", "embed_dim", "fusion_hidden"):
-            _positive_int(name, getattr(self, name))
-        for branch in ("mel", "hpcp"):
-            channels, pooling = getattr(self, f"{branch}_channels"), getattr(self, f"{branch}_pooling")
-            if not channels:
-                raise ConfigError(f"model config: {branch}_channels must name at least one conv block")
-            if len(pooling) != len(channels):
-                raise ConfigError(f"model config: {branch}_pooling has {len(pooling)} kernels for "
-                                  f"{len(channels)} conv blocks")
-        if self.gru_pool not in GRU_POOLS:
-            raise ConfigError(f"model config: gru_pool must be one of {GRU_POOLS}, got {self.gru_pool!r}")
-        if isinstance(self.stochastic_blocks, bool) or not isinstance(self.stochastic_blocks, int) \
-                or self.stochastic_blocks < 0:
-            raise ConfigError("model config: stochastic_blocks must be an integer >= 0, "
-                              f"got {self.stochastic_blocks!r}")
-        for name in ("dropout", "stochastic_drop_prob", "stochastic_dropout"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise ConfigError(f"model config: {name} must be a probability in [0, 1), got {value!r}")
-        if not isinstance(self.gem_p, (int, float)) or self.gem_p <= 0:
-            raise ConfigError(f"model config: gem_p must be positive, got {self.gem_p!r}")
-        for name in ("use_hpcp", "gem_learnable", "hpcp_circular"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"model config: {name} must be true or false, got {getattr(self, name)!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain YAML/JSON-friendly values (lists, not tuples); ``from_dict`` rebuilds the same config."""
-        return plain_values(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> CRNNConfig:
-        """Build from a mapping of field values; unknown keys and bad values raise ``ConfigError``."""
-        return from_values(cls, data)
-
-
-def plain_values(config) -> dict[str, Any]:
-    """A model config's fields as YAML/JSON-friendly values: its conv layout as lists, not tuples."""
-    out = dataclasses.asdict(config)
-    for name in ("mel_channels", "hpcp_channels"):
-        out[name] = list(out[name])
-    for name in ("mel_pooling", "hpcp_pooling"):
-        out[name] = [list(k) for k in out[name]]
-    return out
-
-
-def from_values(cls, data: Mapping[str, Any]):
-    """The model config `cls` from a mapping of its field values; unknown keys and bad values raise ConfigError."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"model config must be a mapping, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"model config: unknown key(s) {', '.join(map(str, unknown))}; "
-                          f"known keys are {', '.join(sorted(known))}")
-    try:
-        return cls(**data)
-    except TypeError as err:
-        raise ConfigError(f"model config: {err}") from None
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"model config: {name} must be a positive integer, got {value!r}")
-    return value
-
-
-def _pool(name: str, kernel: Any) -> Pool:
-    if not isinstance(kernel, (list, tuple)) or len(kernel) != 2:
-        raise ConfigError(f"model config: each {name} entry must be a (frequency, time) pair, got {kernel!r}")
-    return (_positive_int(f"{name}[]", kernel[0]), _positive_int(f"{name}[]", kernel[1]))
-
+from .blocks import ResidualConvBlock, StochasticConvBlock
+from .configs import CRNNConfig, Pool
 
 class CRNNBranch(nn.Module):
     """Residual conv blocks with GeM pooling, a bidirectional GRU over time, and a projection to ``embed_dim``.

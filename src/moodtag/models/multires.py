@@ -29,92 +29,20 @@ track (``data.trim_padding``) and the tagger cuts a track after its last chunk, 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, ModelError
-from .blocks import Pool, ResidualConvBlock
-from .crnn import CRNNConfig, MoodCRNN, _positive_int, from_values, plain_values, run_gru
+from .blocks import ResidualConvBlock
+from .configs import MultiResConfig
+from .crnn import MoodCRNN, run_gru
 
 VIEWS = ("long", "short", "fine")
 # HPCP frames per mel step of the feature contract (FeatureParams.hpcp_frames_per_mel_step: 2048-sample HPCP hops,
 # 512 x 10 per mel step); a window of chunk_steps mel steps covers chunk_steps * 5 / 2 HPCP frames.
 HPCP_FRAMES_PER_STEP = 2.5
-
-
-@dataclass(frozen=True)
-class MultiResConfig:
-    """Dimensions of ``MultiResCRNN``; the defaults are the paper-scale model (the ``"multires"`` preset).
-
-    The short view is a MoodCRNN with the paper model's fields (``mel_*``, ``hpcp_*``, ``short_hidden`` as its
-    ``gru_hidden``, ``embed_dim``, ``fusion_hidden``, GeM, ``hpcp_circular``), run on windows of ``chunk_steps`` mel
-    steps (80 = the paper's chunk; even, so a window covers whole HPCP frames). ``gru_hidden`` / ``head_hidden``: the
-    long view's GRUs and head. ``fine_dim`` / ``fine_layers``: the fine view's channels and residual temporal convs
-    (dilations 1, 2, 4, ...). ``aux_weight``: weight of the views' own losses beside the fused loss (training).
-    """
-
-    family: ClassVar[str] = "multires"
-    # The output does not depend on trailing zero padding (MultiResCRNN), so long crops may be cut short.
-    ignores_padding: ClassVar[bool] = True
-    n_mels: int = 128
-    hpcp_bins: int = 12
-    use_hpcp: bool = True
-    mel_channels: tuple[int, ...] = (64, 64, 64)
-    mel_pooling: tuple[Pool, ...] = ((2, 2), (2, 2), (2, 2))
-    hpcp_channels: tuple[int, ...] = (64, 64, 64)
-    hpcp_pooling: tuple[Pool, ...] = ((2, 2), (2, 2), (2, 2))
-    hpcp_circular: bool = False
-    short_hidden: int = 256
-    embed_dim: int = 256
-    fusion_hidden: int = 256
-    chunk_steps: int = 80
-    # Half the paper's 256 units: the long view reads conv features the short view already learns from, and at 256
-    # its GRUs would cost as much as the short CRNN (benchmarks/tagging.py: 0.55x the ensemble at 256, 0.51x at 128).
-    gru_hidden: int = 128
-    head_hidden: int = 256
-    fine_dim: int = 64
-    fine_layers: int = 2
-    dropout: float = 0.0
-    aux_weight: float = 0.5
-    gem_p: float = 3.0
-    gem_learnable: bool = True
-
-    def __post_init__(self) -> None:
-        short = self.short_config()  # validates the fields the short CRNN shares
-        for name in ("mel_channels", "hpcp_channels", "mel_pooling", "hpcp_pooling"):
-            object.__setattr__(self, name, getattr(short, name))
-        for name in ("chunk_steps", "gru_hidden", "head_hidden", "fine_dim"):
-            _positive_int(name, getattr(self, name))
-        if self.chunk_steps % 2:
-            raise ConfigError(f"model config: chunk_steps must be even (whole HPCP frames), got {self.chunk_steps}")
-        if isinstance(self.fine_layers, bool) or not isinstance(self.fine_layers, int) or self.fine_layers < 0:
-            raise ConfigError(f"model config: fine_layers must be an integer >= 0, got {self.fine_layers!r}")
-        if not isinstance(self.aux_weight, (int, float)) or isinstance(self.aux_weight, bool) or self.aux_weight < 0:
-            raise ConfigError(f"model config: aux_weight must be a number >= 0, got {self.aux_weight!r}")
-
-    def short_config(self) -> CRNNConfig:
-        """The short view's MoodCRNN."""
-        return CRNNConfig(
-            n_mels=self.n_mels, hpcp_bins=self.hpcp_bins, use_hpcp=self.use_hpcp, mel_channels=self.mel_channels,
-            mel_pooling=self.mel_pooling, hpcp_channels=self.hpcp_channels, hpcp_pooling=self.hpcp_pooling,
-            gru_hidden=self.short_hidden, embed_dim=self.embed_dim, fusion_hidden=self.fusion_hidden,
-            dropout=self.dropout, gem_p=self.gem_p, gem_learnable=self.gem_learnable, hpcp_circular=self.hpcp_circular,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain values with the ``family`` that ``moodtag.models.model_config_from_dict`` dispatches on."""
-        return {"family": self.family, **plain_values(self)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> MultiResConfig:
-        if isinstance(data, Mapping):
-            data = {k: v for k, v in data.items() if k != "family"}
-        return from_values(cls, data)
 
 
 class MultiResCRNN(nn.Module):

@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Union
+from typing import Any
 
 from torch import nn
 
 from ..errors import ConfigError
-from .crnn import CRNNConfig, MoodCRNN
-from .multires import MultiResConfig, MultiResCRNN
+from .configs import CRNNConfig, ModelSpec, MultiResConfig, model_config_from_dict
+from .crnn import MoodCRNN
+from .multires import MultiResCRNN
 
-ModelSpec = Union[CRNNConfig, MultiResConfig]
-FAMILIES = {"crnn": (CRNNConfig, MoodCRNN), "multires": (MultiResConfig, MultiResCRNN)}
+MODELS = {"crnn": MoodCRNN, "multires": MultiResCRNN}
 
 MODEL_PRESETS: dict[str, ModelSpec] = {
     # The released code's model: about 3.1 M parameters with HPCP (2.3 M mel-only), of the order of Choi et al.'s CRNN.
@@ -66,19 +66,11 @@ def resolve_model_config(spec: str | Mapping[str, Any] | ModelSpec | None = None
     return type(preset).from_dict({**preset.to_dict(), **overrides})
 
 
-def model_config_from_dict(data: Mapping[str, Any]) -> ModelSpec:
-    """The config a ``to_dict()`` wrote (checkpoints, bundles): its ``family`` says which (none: a MoodCRNN's)."""
-    family = data.get("family", "crnn") if isinstance(data, Mapping) else None
-    if family not in FAMILIES:
-        raise ConfigError(f"model config: unknown family {family!r}; choose from {', '.join(FAMILIES)}")
-    return FAMILIES[family][0].from_dict(data)
-
-
 def build_model(config: ModelSpec | Mapping[str, Any], n_tags: int) -> nn.Module:
     """A fresh model of `config` (a config or its dict) for `n_tags` tags."""
     if isinstance(config, Mapping):
         config = model_config_from_dict(config)
-    return FAMILIES[config.family][1](config, n_tags)
+    return MODELS[config.family](config, n_tags)
 
 
 def initialise_from(model: nn.Module, source: nn.Module) -> str:

@@ -30,8 +30,6 @@ from ..audio import write_audio
 from ..data.splits import Split, write_split
 from ..errors import ConfigError
 from . import rules
-from .composition import render_track
-from .parameters import draw_artist, draw_track
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +87,8 @@ def plan_corpus(
     *, preset: Preset, seed: int, n_labelled: int, n_unlabelled: int, miss_rate: float, false_rate: float, extension: str
 ) -> list[dict]:
     """Every track's record (ids, split, path, generative parameters, tags), without rendering audio."""
+    from .parameters import draw_artist  # scipy, through the instruments: loaded when planning
+
     plan_rng = np.random.default_rng([seed, 1])
     records: list[dict] = []
     n_artists = n_albums = 0
@@ -128,6 +128,8 @@ def _assign_splits(artist_sizes: list[int], fractions: dict[str, float], rng: np
 
 
 def _plan_track(index, seed, style, preset, ids, extension, miss_rate, false_rate) -> dict:
+    from .parameters import draw_track
+
     track_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
     rng = np.random.default_rng([track_seed, 0])
     track_id = f"track_{index:07d}"
@@ -215,6 +217,8 @@ def _claim(out_dir: Path, settings: dict) -> None:
 
 def render_to_file(record: dict, audio_dir: Path, audio_format: str) -> str:
     """Render one track and write it by rename; returns its track id."""
+    from .composition import render_track  # scipy: loaded when rendering, not by every command listing presets
+
     path = Path(audio_dir) / record["path"]
     with atomic_path(path) as tmp:
         write_audio(tmp, render_track(record), **FORMATS[audio_format])
