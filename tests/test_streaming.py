@@ -78,3 +78,54 @@ def test_the_contract_follows_the_feature_parameters():
     assert chunk_windows(200, 80) == [(0, 80), (80, 160)] and chunk_windows(30, 80) == [(0, 80)]
     mel_piece, hpcp_piece = crop_window(np.ones((2, 10)), np.ones((12, 25)), 8, 4, 2.5)
     assert mel_piece.tolist() == [[1, 1, 0, 0]] * 2 and hpcp_piece.shape == (12, 10) and hpcp_piece[:, 5:].sum() == 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pieces of a track, decoded on their own (the tagger's workers)
+
+
+@pytest.mark.parametrize("name, subtype", [("a.flac", "PCM_16"), ("a.wav", "FLOAT")])
+def test_pieces_equal_the_columns_of_the_whole_file(tmp_path, name, subtype):
+    from moodtag.audio import exact_seek_frames
+    from moodtag.streaming import piece_features
+
+    rng = np.random.default_rng(7)
+    n = 21 * RATE + 12345  # 184 mel steps
+    stereo = (0.2 * rng.standard_normal((n, 2))).astype(np.float32) * np.linspace(0.1, 1, n, dtype=np.float32)[:, None]
+    write_audio(tmp_path / name, stereo, RATE, subtype=subtype)
+    assert exact_seek_frames(tmp_path / name) == n
+    whole = file_features(tmp_path / name, engine="numpy")
+    steps = whole.mel.shape[1]
+    # Pieces starting on the grid (even steps), one ending the track (with the HPCP frames past the last step).
+    for first, stop in [(0, 80), (80, 160), (46, 102), (160, steps), (182, steps), (0, steps)]:
+        piece = piece_features(tmp_path / name, first, stop, n, engine="numpy")
+        hpcp_stop = whole.hpcp.shape[1] if stop == steps else round(stop * 2.5)
+        np.testing.assert_array_equal(piece.mel, whole.mel[:, first:stop])
+        np.testing.assert_array_equal(piece.hpcp, whole.hpcp[:, round(first * 2.5) : hpcp_stop])
+        assert piece.duration == whole.duration
+    with pytest.raises(ValueError, match="not on the grid"):
+        piece_features(tmp_path / name, 3, 80, n)
+    with pytest.raises(ValueError, match="hold none"):
+        piece_features(tmp_path / name, steps, steps + 80, n)
+
+
+def test_only_files_that_seek_exactly_are_read_in_pieces(tmp_path):
+    from moodtag.audio import exact_seek_frames, read_range
+    from moodtag.errors import RangeMismatch
+
+    signal = (0.1 * np.random.default_rng(1).standard_normal(5 * RATE)).astype(np.float32)
+    write_audio(tmp_path / "a.ogg", signal)  # libsndfile's Vorbis seeks land near the sample, not on it
+    write_audio(tmp_path / "b.flac", signal, 48000)  # resampled: the resampler's state runs through the track
+    (tmp_path / "c.flac").write_bytes(b"not audio")
+    assert [exact_seek_frames(tmp_path / n) for n in ("a.ogg", "b.flac", "c.flac", "missing.wav")] == [None] * 4
+    write_audio(tmp_path / "d.flac", signal)
+    np.testing.assert_array_equal(read_range(tmp_path / "d.flac", 1000, 90000, len(signal)),
+                                  load_audio(tmp_path / "d.flac")[1000:90000])
+    with pytest.raises(RangeMismatch):
+        read_range(tmp_path / "d.flac", 0, 1000, len(signal) + 1)  # the header says otherwise
+    # A stream cut short after its header: the header's frames are not all there.
+    data = (tmp_path / "d.flac").read_bytes()
+    (tmp_path / "cut.flac").write_bytes(data[: len(data) // 2])
+    n = exact_seek_frames(tmp_path / "cut.flac")
+    with pytest.raises(AudioError):
+        read_range(tmp_path / "cut.flac", n - 1000, n, n)

@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 import soundfile as sf
 
-from .errors import AudioError
+from .errors import AudioError, RangeMismatch
 
 SAMPLE_RATE = 44100
 AUDIO_EXTENSIONS = (".mp3", ".ogg", ".oga", ".flac", ".wav", ".aif", ".aiff", ".m4a", ".mp4", ".aac", ".opus")
@@ -104,6 +104,57 @@ def _stream_soundfile(path: Path, f: sf.SoundFile, sample_rate: int, block_frame
         raise AudioError(path, "no audio samples (zero-length or truncated stream)")
     if resampler is not None:
         yield resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+
+
+# libsndfile decoders that seek to the exact sample, so a range decodes to the very samples of the whole file
+# (libsndfile 1.2's Vorbis seeks land near the sample, not on it; MP3 headers may estimate their length).
+EXACT_SEEK_FORMATS = frozenset({"WAV", "WAVEX", "W64", "RF64", "AIFF", "CAF", "FLAC"})
+
+
+def exact_seek_frames(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> int | None:
+    """Frames of a file that `read_range` can read in ranges: a format that seeks exactly, already at `sample_rate`
+    (no resampling, whose state runs through the whole signal), with a frame count in its header; else None."""
+    if Path(path).suffix.lower() in PYAV_EXTENSIONS:
+        return None
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, OSError):
+        return None
+    if info.format not in EXACT_SEEK_FORMATS or info.samplerate != sample_rate or info.frames <= 0:
+        return None
+    return int(info.frames)
+
+
+def read_range(path: str | os.PathLike, lo: int, hi: int, n_samples: int) -> np.ndarray:
+    """Samples [lo, hi) of `load_audio(path)` for a file of `exact_seek_frames(path) == n_samples` frames, decoding
+    only those.
+
+    Raises:
+        AudioError: as `load_audio` for the same file; RangeMismatch when the file does not hold `n_samples` frames
+        as its header said (a truncated stream), checked at the range and, for a range ending the file, past it.
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        with sf.SoundFile(path) as f:
+            if f.frames != n_samples:
+                raise RangeMismatch(path, f"{f.frames} frames, expected {n_samples}")
+            f.seek(lo)
+            mono = np.empty(hi - lo, dtype=np.float32)
+            buffer = np.empty((min(_DECODE_BLOCK_FRAMES, max(hi - lo, 1)), f.channels), dtype=np.float32)
+            filled = 0
+            while filled < len(mono) and len(block := f.read(min(len(buffer), len(mono) - filled), out=buffer)):
+                downmix(block, out=mono[filled : filled + len(block)])
+                filled += len(block)
+            if filled != len(mono) or (hi == n_samples and len(f.read(1, dtype="float32"))):
+                raise RangeMismatch(path, f"samples [{lo}, {hi}) are not where the header says")
+    except sf.LibsndfileError as err:
+        raise AudioError(path, _libsndfile_reason(err)) from None
+    except (sf.SoundFileError, RuntimeError) as err:
+        raise AudioError(path, f"decoder failure ({_clean(err)})") from None
+    if not np.all(np.isfinite(mono)):
+        raise AudioError(path, "decoded samples contain NaN or infinity")
+    return mono
 
 
 def resample(audio: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:

@@ -27,6 +27,10 @@ class AudioError(MoodtagError):
         super().__init__(f"{self.path}: {reason}")
 
 
+class RangeMismatch(AudioError):
+    """A file does not hold the samples its header promised where `moodtag.audio.read_range` looked for them."""
+
+
 class ConfigError(MoodtagError):
     """A configuration file or option is invalid."""
 

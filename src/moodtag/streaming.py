@@ -7,6 +7,9 @@ spectra besides; for a long mix that is gigabytes. Here audio is decoded and res
 samples it reads have arrived. A block sees the very samples it would see in the whole signal (and the track's length
 where it is padded at the end), so the features are bit-identical to `compute_features(load_audio(path))`, while
 memory holds about one block of samples (≈30 s) besides the features themselves.
+
+`piece_features` computes the columns of one stretch of a track from the samples they read alone, for formats that
+seek to the exact sample (`moodtag.audio.exact_seek_frames`): the tagger's workers share a long track that way.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import stream_audio
+from .audio import read_range, stream_audio
 from .errors import AudioError
 from .features import FeatureParams, TrackFeatures
 from .features.contract import grid_samples
@@ -32,12 +35,13 @@ STREAM_MEL_BLOCK, STREAM_HPCP_BLOCK = 640, 256
 
 
 def file_features(path: str | os.PathLike, params: FeatureParams = FeatureParams(), *, device: str = "cpu",
-                  stream_above_seconds: float = STREAM_ABOVE_SECONDS,
+                  engine: str = "torch", stream_above_seconds: float = STREAM_ABOVE_SECONDS,
                   segment_samples: int = SEGMENT_SAMPLES) -> TrackFeatures:
-    """Mel + HPCP of an audio file, equal to `compute_features(load_audio(path), params)`.
+    """Mel + HPCP of an audio file, equal to `compute_features(load_audio(path), params, engine=engine)`.
 
-    device: where the mel front end runs. segment_samples: frames decoded per read. stream_above_seconds: files up
-    to this long (by their header) are decoded whole, which is a little faster for short files.
+    device, engine: where and how the mel is computed (`moodtag.features.mel`). segment_samples: frames decoded per
+    read. stream_above_seconds: files up to this long (by their header) are decoded whole, which is a little faster
+    for short files.
 
     Raises:
         AudioError: the file cannot be decoded (named, with the reason).
@@ -49,14 +53,59 @@ def file_features(path: str | os.PathLike, params: FeatureParams = FeatureParams
             from .audio import load_audio
             from .features import compute_features
 
-            return compute_features(load_audio(path, sample_rate=params.sample_rate), params, device=device)
+            return compute_features(load_audio(path, sample_rate=params.sample_rate), params, device=device,
+                                    engine=engine)
     _return_freed_memory()
-    features = FeatureStream(params, device, expected_seconds=duration)
+    features = FeatureStream(params, device, engine=engine, expected_seconds=duration)
     for block in stream_audio(path, sample_rate=params.sample_rate, block_frames=segment_samples):
         features.feed(block)
     if features.n_samples == 0:
         raise AudioError(path, "no audio samples (zero-length or truncated stream)")
     return features.finish()
+
+
+def piece_features(path: str | os.PathLike, first_step: int, stop_step: int, n_samples: int,
+                   params: FeatureParams = FeatureParams(), *, engine: str = "torch") -> TrackFeatures:
+    """Mel steps [first_step, stop_step) of a file of `n_samples` frames (`moodtag.audio.exact_seek_frames`) and the
+    HPCP frames from first_step·r to stop_step·r (to the end when stop_step is the track's last step), decoding only
+    the samples they read: those columns of `file_features(path, params, engine=engine)`, bit for bit.
+
+    first_step must lie on the grid where mel steps and HPCP frames meet (`features.contract.grid_samples`).
+    `duration` is the whole track's.
+
+    Raises:
+        AudioError: as `file_features`; RangeMismatch when the file does not hold the samples its header promised.
+    """
+    from .features import hpcp, mel
+    from .features.contract import mel_step_samples
+
+    step_samples = mel_step_samples(params)
+    if (first_step * step_samples) % grid_samples(params):
+        raise ValueError(f"step {first_step} is not on the grid where mel steps and HPCP frames meet")
+    hpcp.check_params(params)
+    n_steps = mel.n_mel_steps(n_samples, params)
+    if not 0 <= first_step < min(stop_step, n_steps):
+        raise ValueError(f"steps [{first_step}, {stop_step}) hold none of the track's {n_steps} steps")
+    last = stop_step >= n_steps
+    frames = (first_step * params.time_pool, 1 + n_samples // params.hop_length if last else stop_step * params.time_pool)
+    hpcp_frames = (first_step * step_samples // params.hpcp_hop_size,
+                   hpcp.n_hpcp_frames(n_samples, params) if last else stop_step * step_samples // params.hpcp_hop_size)
+    mel_lo, mel_hi = mel.mel_block_span(*frames, params)
+    hpcp_lo, hpcp_hi = hpcp.hpcp_block_span(*hpcp_frames, params)
+    # n_fft more before the mel's span: a reflection at the end of the track reads them (`mel.mel_block`).
+    lo, hi = max(0, min(mel_lo - params.n_fft, hpcp_lo)), min(n_samples, max(mel_hi, hpcp_hi))
+    samples = read_range(path, lo, hi, n_samples)
+    mel_columns = _Columns(params.n_mels, (frames[1] - frames[0] + params.time_pool - 1) // params.time_pool)
+    for first in range(frames[0], frames[1], mel._BLOCK_FRAMES):
+        stop = min(first + mel._BLOCK_FRAMES, frames[1])
+        mel_columns.append(mel.mel_block(samples[None], first, stop, n_samples=n_samples, offset=lo, params=params,
+                                         engine=engine)[0])
+    hpcp_columns = _Columns(params.hpcp_size, hpcp_frames[1] - hpcp_frames[0])
+    for first in range(hpcp_frames[0], hpcp_frames[1], hpcp._BLOCK_FRAMES):
+        stop = min(first + hpcp._BLOCK_FRAMES, hpcp_frames[1])
+        hpcp_columns.append(hpcp.hpcp_block(samples, first, stop, n_samples=n_samples, offset=lo, params=params).T)
+    return TrackFeatures(mel_columns.array(), hpcp_columns.array(), n_samples / params.sample_rate,
+                         params.sample_rate, params.hash)
 
 
 def _duration(path: Path) -> float | None:
@@ -77,13 +126,14 @@ def _duration(path: Path) -> float | None:
 class FeatureStream:
     """Mel + HPCP of a signal fed in pieces: `feed(samples)` as they are decoded, then `finish()`."""
 
-    def __init__(self, params: FeatureParams = FeatureParams(), device: str = "cpu", *,
+    def __init__(self, params: FeatureParams = FeatureParams(), device: str = "cpu", *, engine: str = "torch",
                  expected_seconds: float | None = None):
-        """expected_seconds: the length the header states, if any; the features are then allocated once."""
+        """device, engine: the mel's (`moodtag.features.mel`). expected_seconds: the length the header states, if any;
+        the features are then allocated once."""
         from .features import hpcp, mel
 
         hpcp.check_params(params)
-        self.params, self.device = params, device
+        self.params, self.device, self.engine = params, device, engine
         # One buffer, reused: allocating a new one per piece left the C heap fragmented (RSS grew with the track).
         self._store = np.empty(0, np.float32)
         self._filled = 0
@@ -130,7 +180,7 @@ class FeatureStream:
             if first < self.mel_first or not (final or mel.mel_block_span(first, stop, params)[1] <= n):
                 continue
             part = mel.mel_block(self.buffer[None], first, stop, n_samples=n, offset=self.offset, params=params,
-                                 device=self.device)
+                                 device=self.device, engine=self.engine)
             self.mel.append(part[0])
             self.mel_first = stop
         for first, stop in hpcp.hpcp_blocks(n, params, STREAM_HPCP_BLOCK):

@@ -46,13 +46,14 @@ def crop(array: np.ndarray, start: int, length: int) -> np.ndarray:
 
 
 def crop_window(mel: np.ndarray, hpcp: np.ndarray | None, start: int, steps: int,
-                hpcp_frames_per_step: float) -> tuple[np.ndarray, np.ndarray | None]:
-    """(mel (n_mels, steps), hpcp (12, round(steps * r)) or None) of mel steps [start, start + steps)."""
-    mel_piece = crop(mel, start, steps)
+                hpcp_frames_per_step: float, *, offset: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """(mel (n_mels, steps), hpcp (12, round(steps * r)) or None) of mel steps [start, start + steps), from arrays
+    that hold the track from mel step `offset` (and HPCP frame `offset * r`, a whole number)."""
+    mel_piece = crop(mel, start - offset, steps)
     if hpcp is None:
         return mel_piece, None
     ratio = hpcp_frames_per_step
-    return mel_piece, crop(hpcp, round(start * ratio), round(steps * ratio))
+    return mel_piece, crop(hpcp, round(start * ratio) - round(offset * ratio), round(steps * ratio))
 
 
 def trimmed_steps(audio_steps: int, long_steps: int, chunk_steps: int) -> int:
