@@ -26,6 +26,23 @@ def test_pool_map_in_process_keeps_order_and_waits_once():
     assert Crashed().reason.startswith("worker process died")
 
 
+def test_pool_map_reads_its_items_as_it_submits_them():
+    """A lazily planned list (the tagger reads each file's header as it plans) starts at once: with 1 worker and 2
+    in flight, the third item is read only after the first result."""
+    import math
+
+    read = []
+
+    def items():
+        for x in (4.0, 9.0, 16.0, 25.0):
+            read.append(x)
+            yield x
+
+    outcomes = pool_map(math.sqrt, items(), workers=1, in_flight=2, ordered=True)
+    assert next(outcomes) == (4.0, 2.0) and read == [4.0, 9.0]
+    assert list(outcomes) == [(9.0, 3.0), (16.0, 4.0), (25.0, 5.0)] and len(read) == 4
+
+
 def test_one_failures_format(tmp_path):
     path = write_failures(tmp_path / "failures.tsv", [("/a/x.mp3", "empty\tfile"), ("/a/y.ogg", "bad", "y.ogg")])
     assert path.read_text().splitlines()[0] == "file\treason\ttrack_id"

@@ -83,29 +83,41 @@ def pool_map(task: Callable, items: Iterable[Item], *, workers: int, in_flight: 
              ordered: bool = False, while_waiting: Callable[[], object] | None = None) -> Iterator[tuple[Item, object]]:
     """(item, task(item) or Crashed) for every item; `workers` > 0 runs the task in that many spawned processes.
 
+    items: read as work is submitted, so a long or lazily planned list starts at once.
     in_flight: items submitted at a time (default `workers`): what a crash can cost, and what may wait in memory.
     ordered: yield in input order (else as tasks finish; after a crash, finished items come before retried ones).
     while_waiting: called once, after the first items went to the workers and before waiting for them (in-process:
-    before the first item), e.g. to load a model meanwhile. Workers run one torch thread each: the parallelism is
-    the processes'.
+    before the first item), e.g. to load a model meanwhile. Workers run one thread each (`_init_worker`): the
+    parallelism is the processes'.
     """
-    queue = collections.deque(items)
+    pending = iter(items)
     if workers <= 0:
-        if queue and while_waiting is not None:
-            while_waiting()
-        for item in queue:
+        for item in pending:
+            if while_waiting is not None:
+                while_waiting()
+                while_waiting = None
             yield item, task(item)
         return
+    retry: collections.deque = collections.deque()
     crashes: collections.Counter = collections.Counter()
     context = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
-    while queue:
+    exhausted = False
+    while retry or not exhausted:
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
             running: dict[Future, Item] = {}  # in submission order
             try:
-                while queue or running:
-                    while queue and len(running) < (in_flight or workers):
-                        item = queue.popleft()
+                while True:
+                    while len(running) < (in_flight or workers) and (retry or not exhausted):
+                        if retry:
+                            item = retry.popleft()
+                        else:
+                            item = next(pending, _END)
+                            if item is _END:
+                                exhausted = True
+                                break
                         running[pool.submit(task, item)] = item
+                    if not running:
+                        break
                     if while_waiting is not None:
                         while_waiting()
                         while_waiting = None
@@ -114,7 +126,7 @@ def pool_map(task: Callable, items: Iterable[Item], *, workers: int, in_flight: 
                         result = future.result()
                         yield running.pop(future), result
             except BrokenProcessPool:
-                retry = []
+                again = []
                 for future, item in running.items():
                     if future.done() and not future.cancelled() and future.exception() is None:
                         yield item, future.result()
@@ -123,12 +135,25 @@ def pool_map(task: Callable, items: Iterable[Item], *, workers: int, in_flight: 
                     if crashes[item] >= MAX_WORKER_CRASHES:
                         yield item, Crashed()
                     else:
-                        retry.append(item)
-                queue.extendleft(reversed(retry))
+                        again.append(item)
+                retry.extendleft(reversed(again))
+
+
+_END = object()
+# Thread pools a worker's libraries would start, one per core each (numpy's BLAS, torch's OpenMP and MKL).
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def _init_worker() -> None:
-    import torch
+    """One thread per library in each worker: the parallelism comes from the processes, and threads inside each
+    would only fight over the same cores. Set in the environment for torch, should a task import it, and applied to
+    the libraries already loaded (numpy's BLAS; torch, when the main module the worker re-imported loaded it)."""
+    import sys
 
-    # Parallelism comes from the processes; threads inside each would only fight over the same cores.
-    torch.set_num_threads(1)
+    from threadpoolctl import threadpool_limits
+
+    for name in _THREAD_VARIABLES:
+        os.environ[name] = "1"
+    threadpool_limits(1)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
