@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from moodtag.features import FeatureParams, TrackFeatures
 from moodtag.models import MODEL_PRESETS, MoodCRNN
 from moodtag.store import FeatureStore
 from moodtag.tagging import Tagger
+from moodtag.writers import read_records
 from tagged_corpus import TAGS, write_tagged_corpus
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -215,6 +218,20 @@ def test_onnx_models_match_pytorch(tmp_path, rng):
         assert by_onnx["probabilities"][tag] == pytest.approx(by_torch["probabilities"][tag], abs=ONNX_ATOL)
         assert by_onnx["timeline"][-1]["probabilities"][tag] == pytest.approx(
             by_torch["timeline"][-1]["probabilities"][tag], abs=ONNX_ATOL)
+    # `moodtag tag` with an ONNX bundle loads no torch, Lightning or scikit-learn, in its main process or its
+    # workers (they run everything but the final combination): each would cost 1-2 s of start-up.
+    from moodtag.audio import write_audio
+
+    write_audio(tmp_path / "a.wav", (0.1 * rng.standard_normal(20 * 44100)).astype(np.float32))
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "moodtag", "tag", str(tmp_path / "a.wav"),
+                           "--model", str(bundle_dir), "--workers", "1", "--output", str(tmp_path / "tags.jsonl"),
+                           "-q"], capture_output=True, text=True, check=True)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time")}
+    assert "moodtag.tagging" in imported and "onnxruntime" in imported
+    assert not imported & {"torch", "lightning", "sklearn", "librosa"}
+    (record,) = read_records(tmp_path / "tags.jsonl", "jsonl")
+    expected = Tagger.load(bundle_dir).tag(tmp_path / "a.wav").probabilities
+    assert record["probabilities"] == pytest.approx(expected, abs=1e-6)  # written with 6 digits
 
 
 # ---------------------------------------------------------------------------------------------------------------

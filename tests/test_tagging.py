@@ -264,7 +264,13 @@ def test_tag_command_starts_its_workers_before_importing_torch(ensemble, tmp_pat
 
 
 @pytest.mark.slow
-def test_worker_processes_give_the_same_results_in_order(ensemble, salted):
+def test_worker_processes_give_the_same_results_in_order(ensemble, salted, monkeypatch):
+    from moodtag.numerics import PINNED_ENV
+
+    # The workers run the model, with the kernels their environment picks; this process loaded torch unpinned (a
+    # CLI test may have pinned os.environ since), so the workers must be unpinned too for the floats to agree.
+    for key in PINNED_ENV:
+        monkeypatch.delenv(key, raising=False)
     folder = salted[0]
     paths = [str(folder / name) for name in ("song.ogg", "empty.mp3", "six-channels.wav", "text.mp3", "very-short.wav")]
     tagger = Tagger.load(ensemble)
@@ -293,3 +299,67 @@ def test_device_cpu_tags_and_cuda_without_a_gpu_is_one_clear_error(ensemble, tmp
         captured = capsys.readouterr()
         assert captured.out == "" and captured.err.count("\n") == 1 and "Traceback" not in captured.err
         assert captured.err.startswith("moodtag: error: device cuda: PyTorch sees no CUDA GPU")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pieces: long files shared by the workers, the same floats however they run
+
+
+def test_track_pieces_depend_on_the_length_alone():
+    from moodtag.tagging import track_pieces
+
+    assert track_pieces(100, 160) == [(0, 100)]
+    assert track_pieces(319, 160) == [(0, 319)]  # shorter than two pieces: one
+    assert track_pieces(320, 160) == [(0, 160), (160, 320)]
+    assert track_pieces(602, 160) == [(0, 160), (160, 320), (320, 602)]  # the last takes the remainder
+
+
+def test_piece_steps_default_and_validation(ensemble):
+    from moodtag.bundle import load_bundle
+    from moodtag.errors import MoodtagError
+
+    bundle = load_bundle(ensemble)
+    assert Tagger(bundle).piece_steps == 32 * 80
+    assert Tagger(bundle, piece_steps=240).piece_steps == 240
+    for bad in (120, 80):  # not whole chunks; shorter than the long member's 160 steps
+        with pytest.raises(MoodtagError, match="piece_steps"):
+            Tagger(bundle, piece_steps=bad)
+
+
+@pytest.mark.slow
+def test_files_split_into_pieces_give_the_floats_of_one_process(ensemble, tmp_path, monkeypatch):
+    from moodtag.bundle import load_bundle
+    from moodtag.numerics import PINNED_ENV
+
+    for key in PINNED_ENV:  # as test_worker_processes_give_the_same_results_in_order
+        monkeypatch.delenv(key, raising=False)
+    signal = tone(70.0, channels=2, seed=3) * np.linspace(0.2, 1, int(70 * SR), dtype=np.float32)[:, None]
+    write_audio(tmp_path / "long.flac", signal)
+    write_audio(tmp_path / "long.ogg", signal)  # not split: Vorbis does not seek exactly
+    data = (tmp_path / "long.flac").read_bytes()
+    (tmp_path / "cut.flac").write_bytes(data[: len(data) * 2 // 3])  # the header promises more than is there
+    paths = [str(tmp_path / name) for name in ("long.flac", "long.ogg", "cut.flac")]
+    tagger = Tagger(load_bundle(ensemble), piece_steps=160)
+    assert [(job.path[-9:], job.index, job.count) for job in tagger._jobs(paths)] == [
+        ("long.flac", 0, 3), ("long.flac", 1, 3), ("long.flac", 2, 3), ("/long.ogg", 0, 1),
+        ("/cut.flac", 0, 3), ("/cut.flac", 1, 3), ("/cut.flac", 2, 3)]
+
+    def run(workers):
+        errors = []
+        results = [r.to_dict() for r in tagger.tag_many(paths, workers=workers, timeline=True,
+                                                         on_error=lambda p, r: errors.append((p, r)))]
+        return results, errors
+
+    one_process, two_workers = run(0), run(2)
+    assert two_workers == one_process
+    alone = []
+    for path in paths:
+        try:
+            alone.append(tagger.tag(path, timeline=True).to_dict())
+        except AudioError:
+            pass
+    assert one_process[0] == alone
+    assert len(one_process[0][0]["timeline"]) == 602 // 80 + 1
+    # Pieces change only how chunks are batched: the default pieces agree to float rounding.
+    default = Tagger.load(ensemble).tag(paths[0]).probabilities
+    assert default == pytest.approx(one_process[0][0]["probabilities"], abs=1e-6)

@@ -1,4 +1,4 @@
-"""A bundle member's model as a function of tensors, with PyTorch or onnxruntime on a CPU or CUDA device.
+"""A bundle member's model as a function of arrays, with PyTorch or onnxruntime on a CPU or CUDA device.
 
 `Bundle.runners` (moodtag.bundle) chooses the backend; this module builds the callables and checks device names.
 """
@@ -11,10 +11,10 @@ from .errors import ConfigError
 
 
 class MemberRunner:
-    """A member's model as a function of torch tensors: `runner(mel, hpcp) -> logits` (batch, n_tags)."""
+    """A member's model as a function of float32 arrays: `runner(mel, hpcp) -> logits` (batch, n_tags) float32."""
 
     def __init__(self, member, forward: Callable):
-        """member: a `moodtag.bundle.Member`; forward(mel, hpcp) -> logits."""
+        """member: a `moodtag.bundle.Member`; forward(mel, hpcp) -> logits, numpy in and out."""
         self.member = member
         self.name, self.mode, self.steps, self.use_hpcp = member.name, member.mode, member.steps, member.use_hpcp
         self.ignores_padding = member.ignores_padding
@@ -54,15 +54,21 @@ def onnx_providers() -> list[str]:
 
 
 def torch_runner(model, device: str = "cpu") -> Callable:
-    """`model` (a MoodCRNN on the CPU) run on `device`."""
+    """`model` (a MoodCRNN on the CPU) run on `device`; on the CPU with one thread (the caller's count restored
+    after each call): the tagger's parallelism is its processes', and a fixed count keeps the floats the same
+    whether it runs in a worker or in the caller's process."""
     import torch
 
+    from .numerics import torch_threads
+
     model = model.to(device)
+    threads = 1 if device == "cpu" else None
 
     def forward(mel, hpcp):
-        # Inputs arrive as CPU tensors from the feature workers; the aggregation after the model runs on CPU.
-        with torch.inference_mode():
-            return model(mel.to(device), None if hpcp is None else hpcp.to(device)).cpu()
+        with torch.inference_mode(), torch_threads(threads):
+            mel = torch.from_numpy(mel).to(device)
+            hpcp = None if hpcp is None else torch.from_numpy(hpcp).to(device)
+            return model(mel, hpcp).float().cpu().numpy()
 
     return forward
 
@@ -70,7 +76,6 @@ def torch_runner(model, device: str = "cpu") -> Callable:
 def onnx_runner(path: Path, device: str = "cpu") -> Callable:
     """The ONNX model at `path` run by onnxruntime; called after `Bundle.resolve_backend` accepted it on `device`."""
     import onnxruntime
-    import torch
 
     providers = ["CPUExecutionProvider"]
     if device != "cpu":
@@ -78,10 +83,10 @@ def onnx_runner(path: Path, device: str = "cpu") -> Callable:
     session = onnxruntime.InferenceSession(str(path), onnx_options(), providers=providers)
 
     def forward(mel, hpcp):
-        feeds = {"mel": mel.numpy()}
+        feeds = {"mel": mel}
         if hpcp is not None:
-            feeds["hpcp"] = hpcp.numpy()
-        return torch.from_numpy(session.run(["logits"], feeds)[0])
+            feeds["hpcp"] = hpcp
+        return session.run(["logits"], feeds)[0]
 
     return forward
 

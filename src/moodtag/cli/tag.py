@@ -32,9 +32,10 @@ def register(subparsers) -> None:
                         help="skip tracks already in --output FILE (or in FILE.partial from a killed run)")
     parser.add_argument("--top-k", type=int, default=5, metavar="K", help="most probable tags to list (default: 5)")
     parser.add_argument("--timeline", action="store_true", help="add per-chunk (≈9.29 s) probabilities")
-    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), metavar="N",
-                        help="processes decoding audio and computing features (0: in the main process; "
-                             "default: CPUs - 1)")
+    parser.add_argument("--workers", type=int, default=_cpus(), metavar="N",
+                        help="processes that decode, compute features and run the model (with --device cuda the "
+                             "model runs in the main process); 0: all in the main process (default: the CPUs "
+                             "this process may use)")
     parser.add_argument("--failures", metavar="FILE",
                         help="write failed inputs as 'file<TAB>reason<TAB>track_id' under a header "
                              "(default: FILE.failures.tsv beside --output)")
@@ -48,6 +49,13 @@ def register(subparsers) -> None:
                         help="tag only shard I of N (stable hash of each path, as `moodtag extract --shard`), e.g. "
                              "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT, or 'auto' (RANK/WORLD_SIZE or SLURM's "
                              "variables); needs --output; join the outputs with `moodtag merge`")
+
+
+def _cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def run(args) -> int:
