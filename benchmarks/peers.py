@@ -10,7 +10,8 @@ pins clash with moodtag's), installed as docs/benchmarks.md describes, and runs 
 
 Printed: audio length, each tool's wall time and realtime factor (audio seconds per wall second), moodtag's time to
 the first record written (its output's .partial file gaining its first line), and musicnn's time over moodtag's.
-Times are the minimum of --repeat runs; the files are read once before timing so both find them in the page cache.
+Times are the minimum of --repeat runs (moodtag's every run is listed too); the files are read once before timing so
+both find them in the page cache.
 Without --musicnn-python, or when musicnn cannot be imported there, only moodtag is timed (one line says why).
 """
 from __future__ import annotations
@@ -124,6 +125,9 @@ def main() -> None:
     runs = [time_moodtag(files, args.model, args.workers) for _ in range(args.repeat)]
     wall, first = min(wall for wall, _ in runs), min(first for _, first in runs)
     print(f"moodtag tag   {wall:8.2f} s  {audio / wall:7.1f}x realtime  first record after {first:.2f} s")
+    if args.repeat > 1:
+        print(f"              runs: {' / '.join(f'{w:.2f}' for w, _ in runs)} s, first record "
+              f"{' / '.join(f'{f:.2f}' for _, f in runs)} s")
     problem = musicnn_problem(args.musicnn_python)
     if problem is not None:
         print(f"musicnn       not timed: {problem}")
