@@ -430,6 +430,7 @@ class Tagger:
 
 # A piece failed to decode: tag the track again as a whole file.
 _WHOLE_AGAIN = "tag whole"
+_OUT_OF_MEMORY = "out of memory while decoding (file too long for this machine)"
 # The worker process's tagger, kept between jobs: (bundle folder, backend, piece steps) -> Tagger.
 _WORKER_TAGGERS: dict[tuple[str, str, int], Tagger] = {}
 
@@ -452,7 +453,7 @@ def _logits_job(job: TagJob, *, bundle: Bundle, backend: str, piece_steps: int,
     except AudioError as err:
         return err.reason
     except MemoryError:
-        return "out of memory while decoding (file too long for this machine)"
+        return _OUT_OF_MEMORY
 
 
 def _features_job(path: str, *, params) -> TrackFeatures | str:
@@ -462,7 +463,7 @@ def _features_job(path: str, *, params) -> TrackFeatures | str:
     except AudioError as err:
         return err.reason
     except MemoryError:
-        return "out of memory while decoding (file too long for this machine)"
+        return _OUT_OF_MEMORY
 
 
 def _is_binary_non_audio(path: Path) -> bool:
