@@ -96,16 +96,19 @@ def piece_features(path: str | os.PathLike, first_step: int, stop_step: int, n_s
     lo, hi = max(0, min(mel_lo - params.n_fft, hpcp_lo)), min(n_samples, max(mel_hi, hpcp_hi))
     samples = read_range(path, lo, hi, n_samples)
     mel_columns = _Columns(params.n_mels, (frames[1] - frames[0] + params.time_pool - 1) // params.time_pool)
-    for first in range(frames[0], frames[1], mel._BLOCK_FRAMES):
-        stop = min(first + mel._BLOCK_FRAMES, frames[1])
+    for first, stop in _within(mel.mel_blocks(n_samples, params), *frames):
         mel_columns.append(mel.mel_block(samples[None], first, stop, n_samples=n_samples, offset=lo, params=params,
                                          engine=engine)[0])
     hpcp_columns = _Columns(params.hpcp_size, hpcp_frames[1] - hpcp_frames[0])
-    for first in range(hpcp_frames[0], hpcp_frames[1], hpcp._BLOCK_FRAMES):
-        stop = min(first + hpcp._BLOCK_FRAMES, hpcp_frames[1])
+    for first, stop in _within(hpcp.hpcp_blocks(n_samples, params), *hpcp_frames):
         hpcp_columns.append(hpcp.hpcp_block(samples, first, stop, n_samples=n_samples, offset=lo, params=params).T)
     return TrackFeatures(mel_columns.array(), hpcp_columns.array(), n_samples / params.sample_rate,
                          params.sample_rate, params.hash)
+
+
+def _within(blocks: list[tuple[int, int]], first: int, stop: int) -> list[tuple[int, int]]:
+    """The whole signal's frame blocks cut to frames [first, stop)."""
+    return [(max(a, first), min(b, stop)) for a, b in blocks if a < stop and b > first]
 
 
 def _duration(path: Path) -> float | None:
