@@ -92,9 +92,10 @@ def onnx_runner(path: Path, device: str = "cpu") -> Callable:
 
 
 def onnx_options():
-    """One thread, run sequentially, never spinning: the tagger's feature workers keep the other cores busy, and
-    onnxruntime's default (a pool of spinning threads, one per core) took CPU from them. On the loaded 2-core
-    machine one thread also ran the paper-size ensemble faster than the default on its own (benchmarks/tagging.py)."""
+    """One thread, run sequentially, never spinning: the tagger runs one session per worker process, one worker per
+    core, and onnxruntime's default (a pool of spinning threads, one per core) would fight the other workers for the
+    cores. On the loaded 2-core machine one thread also ran the paper-size ensemble faster than the default on its
+    own (benchmarks/tagging.py)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()

@@ -1,4 +1,5 @@
-"""Track-level logits from a batch, shared by training's evaluation and the tagger (no Lightning import here)."""
+"""Track-level logits from a batch, for training's evaluation and prediction (no Lightning import here); the tagger
+averages chunk logits over a track's pieces itself (moodtag.tagging), without torch."""
 from __future__ import annotations
 
 import torch
